@@ -1,24 +1,65 @@
-"""The `genrelay` command line."""
+"""The `genrelay` command line.
+
+genrelay local       the whole embedded stack (Kafka, MinIO, emulator, relay) until Ctrl-C
+genrelay run         one relay replica, configured by GENRELAY_* variables
+genrelay emulator    the fal-compatible queue emulator alone
+genrelay submit      put one request on Kafka (and with --wait, print its outcome)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import signal
+import sys
 from collections.abc import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genrelay", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="genrelay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("local", help="run genrelay on the embedded local stack until Ctrl-C")
+    commands.add_parser("run", help="run one relay replica (settings from GENRELAY_* variables)")
+    commands.add_parser("emulator", help="run the fal-compatible emulator", add_help=False)
+    from genrelay.producers import submit_command
+
+    submit_command.add_arguments(commands.add_parser("submit", help="submit one request"))
     return parser
+
+
+async def _run_relay() -> int:
+    from genrelay.consumer.config import Settings
+    from genrelay.consumer.relay import Relay
+
+    settings = Settings()
+    async with Relay(settings) as relay:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, relay.stop)
+        await relay.run()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `genrelay` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        from genrelay.emulator.cli import main as emulator_main
+
+        return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "local":
         from genrelay.deploy.local.runner import run_local
 
         return asyncio.run(run_local())
+    if args.command == "run":
+        return asyncio.run(_run_relay())
+    if args.command == "submit":
+        from genrelay.producers import submit_command
+
+        return submit_command.main(args)
     raise AssertionError(f"unhandled command {args.command}")

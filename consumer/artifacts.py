@@ -1,0 +1,467 @@
+"""Output files: find them in a result, name them in the object store, download them safely.
+
+A result is JSON of any shape; every object with an http(s) ``url`` is a file to copy
+(fal's ``File``: ``{url, content_type?, file_name?, file_size?, …}``). Its URL may expire,
+so it is downloaded at once, checked, stored under a deterministic key, and the result is
+rewritten to point at the stored copy instead.
+
+The URL comes from a third party, so the download trusts nothing: allowlisted hosts only,
+no private addresses (checked after resolution, and the connection is pinned to the
+checked address), redirects followed by hand and re-checked, a size cap, no credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import random
+import re
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Self, TypeAlias
+from urllib.parse import quote
+
+import httpx
+
+from genrelay.consumer.errors import (
+    ClosedError,
+    DownloadFailed,
+    DownloadRefused,
+    UrlExpired,
+)
+from genrelay.consumer.provider import JSON
+
+logger = logging.getLogger(__name__)
+
+FilePath: TypeAlias = tuple[str | int, ...]
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+
+# fal's CDN: fal.media, v3.fal.media, v3b.fal.media (restricted files).
+FAL_CDN_HOSTS = ("fal.media", "*.fal.media")
+MAX_KEY_LENGTH = 1024  # S3's limit on an object key, in UTF-8 bytes
+
+_EXTENSION = re.compile(r"[a-z0-9]{1,10}")
+# A fixed table rather than `mimetypes`, whose answers depend on the host's mime.types:
+# every replica must derive the same key for the same file.
+_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "image/svg+xml": "svg",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "audio/mpeg": "mp3",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/ogg": "ogg",
+    "audio/flac": "flac",
+    "model/gltf-binary": "glb",
+    "application/zip": "zip",
+    "application/json": "json",
+    "text/plain": "txt",
+}
+_GENERIC_TYPE = "application/octet-stream"
+_EXPIRED_STATUSES = frozenset({403, 404, 410})
+_CLIENT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file object inside a result, and where it sits (``path``) in the JSON."""
+
+    path: FilePath
+    url: str
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+def walk_files(output: JSON) -> list[FileRef]:
+    """Every file object in ``output``, depth first, in document order."""
+    refs: list[FileRef] = []
+    _walk(output, (), refs)
+    return refs
+
+
+def _walk(node: JSON, path: FilePath, refs: list[FileRef]) -> None:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            _walk(item, (*path, index), refs)
+        return
+    if not isinstance(node, dict):
+        return
+    if _is_file(node):
+        refs.append(
+            FileRef(
+                path=path,
+                url=str(node["url"]),
+                content_type=_str(node.get("content_type")),
+                file_name=_str(node.get("file_name")),
+                file_size=_size(node.get("file_size")),
+            )
+        )
+    for name, value in node.items():
+        if name != "url":
+            _walk(value, (*path, name), refs)
+
+
+def _is_file(node: dict[str, JSON]) -> bool:
+    # data: URLs already hold their bytes inline; nothing to copy before they expire.
+    url = node.get("url")
+    return isinstance(url, str) and url.lower().startswith(("https://", "http://"))
+
+
+def replace_files(output: JSON, objects: Mapping[FilePath, str]) -> JSON:
+    """``output`` with each file object at a path in ``objects`` pointing at its stored copy.
+
+    The expiring ``url`` is dropped and ``"object": <reference>`` takes its place; the
+    file's other fields are kept. Raises ValueError if a path names no file object.
+    """
+    unused = set(objects)
+    replaced = _replace(output, (), objects, unused)
+    if unused:
+        raise ValueError(f"no file object at {sorted(unused, key=repr)}")
+    return replaced
+
+
+def _replace(
+    node: JSON, path: FilePath, objects: Mapping[FilePath, str], unused: set[FilePath]
+) -> JSON:
+    if isinstance(node, list):
+        return [_replace(item, (*path, index), objects, unused) for index, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    stored = objects.get(path) if _is_file(node) else None
+    if stored is not None:
+        unused.discard(path)
+    rebuilt: dict[str, JSON] = {}
+    for name, value in node.items():
+        if name == "url" and stored is not None:
+            rebuilt["object"] = stored
+        else:
+            rebuilt[name] = _replace(value, (*path, name), objects, unused)
+    return rebuilt
+
+
+def object_key(prefix: str, idempotency_key: str, n: int, ext: str) -> str:
+    """``{prefix}/{quoted key}/{n}.{ext}``: deterministic, and never outside ``prefix``.
+
+    The idempotency key becomes one percent-encoded path segment, so ``/`` or ``..`` in it
+    cannot climb out of the prefix, and distinct keys never share a folder.
+    """
+    if not idempotency_key:
+        raise ValueError("the idempotency key is empty")
+    if n < 0 or not _EXTENSION.fullmatch(ext):
+        raise ValueError(f"bad file number or extension: {n}, {ext!r}")
+    segment = quote(idempotency_key, safe="")
+    if segment in {".", ".."}:
+        segment = segment.replace(".", "%2E")
+    key = "/".join([*_prefix_segments(prefix), segment, f"{n}.{ext}"])
+    if len(key.encode()) > MAX_KEY_LENGTH:
+        raise ValueError(f"object key longer than {MAX_KEY_LENGTH} bytes")
+    return key
+
+
+def _prefix_segments(prefix: str) -> list[str]:
+    stripped = prefix.strip("/")
+    segments = stripped.split("/") if stripped else []
+    if any(segment in {"", ".", ".."} for segment in segments):
+        raise ValueError(f"bad object key prefix {prefix!r}")
+    return segments
+
+
+def file_extension(content_type: str | None, file_name: str | None) -> str:
+    """The extension for a stored file: from its content type, else its name, else ``bin``."""
+    if content_type:
+        known = _EXTENSIONS.get(_media_type(content_type))
+        if known:
+            return known
+    if file_name and "." in file_name:
+        suffix = file_name.rsplit(".", 1)[1].lower()
+        if _EXTENSION.fullmatch(suffix):
+            return suffix
+    return "bin"
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """What a download may touch. The emulator needs loopback, http and its own host."""
+
+    allowed_hosts: tuple[str, ...] = FAL_CDN_HOSTS
+    allowed_schemes: frozenset[str] = frozenset({"https"})
+    allow_private_addresses: bool = False
+    max_bytes: int = 1 << 30
+    max_redirects: int = 3
+    attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    # httpx's read timeout is per chunk; this bounds a slow drip as a whole.
+    attempt_timeout: float = 300.0
+    spool_bytes: int = 8 << 20
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """A verified local copy, positioned at its start. ``close()`` deletes it."""
+
+    file: IO[bytes]
+    size: int
+    sha256: str
+    content_type: str
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, through the event loop's resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+class Downloader:
+    """Copies output files into spooled temporary files, under ``DownloadPolicy``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient | None = None,
+        *,
+        policy: DownloadPolicy | None = None,
+        resolver: Resolver = resolve_host,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if client is not None and "authorization" in client.headers:
+            raise ValueError("the download client must not carry credentials")
+        self._client = client if client is not None else httpx.AsyncClient(timeout=_CLIENT_TIMEOUT)
+        self._owns_client = client is None
+        self._policy = policy or DownloadPolicy()
+        self._resolver = resolver
+        self._sleep = sleep
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def download(self, ref: FileRef) -> DownloadedFile:
+        """Download ``ref``, retrying transient failures with jittered backoff.
+
+        Raises ``DownloadRefused`` (policy), ``UrlExpired`` (refetch the result for fresh
+        URLs) or, once the attempts are spent, ``DownloadFailed``.
+        """
+        if self._closed:
+            raise ClosedError("Downloader is closed")
+        if ref.file_size is not None and ref.file_size > self._policy.max_bytes:
+            raise DownloadRefused(f"{ref.file_size} bytes is over the {self._policy.max_bytes} cap")
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(ref)
+            except DownloadFailed as exc:
+                if attempt >= self._policy.attempts:
+                    raise
+                logger.info("download attempt %d of %s failed: %s", attempt, _safe(ref.url), exc)
+                await self._sleep(self._backoff(attempt, exc.retry_after))
+                attempt += 1
+
+    async def aclose(self) -> None:
+        """Close the client if this downloader created it; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _attempt(self, ref: FileRef) -> DownloadedFile:
+        try:
+            async with asyncio.timeout(self._policy.attempt_timeout):
+                return await self._follow(ref)
+        except TimeoutError as exc:
+            raise DownloadFailed(f"{_safe(ref.url)}: slower than the attempt timeout") from exc
+        except httpx.TransportError as exc:
+            raise DownloadFailed(f"{_safe(ref.url)}: {exc!r}") from exc
+
+    async def _follow(self, ref: FileRef) -> DownloadedFile:
+        try:
+            url = httpx.URL(ref.url)
+        except httpx.InvalidURL as exc:
+            raise DownloadRefused(f"malformed URL {_safe(ref.url)}") from exc
+        for _ in range(self._policy.max_redirects + 1):
+            request = await self._pinned_request(url)
+            response = await self._client.send(request, stream=True, follow_redirects=False)
+            try:
+                if response.is_redirect:
+                    url = _redirect_target(url, response.headers["location"])
+                    continue
+                _check_status(response, url)
+                return await self._save(response, ref)
+            finally:
+                await response.aclose()
+        raise DownloadRefused(f"{_safe(ref.url)}: more than {self._policy.max_redirects} redirects")
+
+    async def _pinned_request(self, url: httpx.URL) -> httpx.Request:
+        policy = self._policy
+        if url.scheme not in policy.allowed_schemes:
+            raise DownloadRefused(f"{_safe(url)}: scheme {url.scheme!r} is not allowed")
+        if url.userinfo:
+            raise DownloadRefused(f"{_safe(url)}: credentials in the URL")
+        if not _host_allowed(url.host, policy.allowed_hosts):
+            raise DownloadRefused(f"{_safe(url)}: host {url.host!r} is not allowed")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        address = (await self._addresses(url.host, port))[0]
+        # Connecting to the checked address closes the window in which a second DNS answer
+        # (rebinding) could point the connection somewhere private; TLS still verifies the
+        # certificate against the host name.
+        return self._client.build_request(
+            "GET",
+            url.copy_with(host=str(address)),
+            headers={"Host": url.netloc.decode("ascii"), "Accept-Encoding": "identity"},
+            extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
+        )
+
+    async def _addresses(self, host: str, port: int) -> Sequence[IPAddress]:
+        try:
+            addresses: Sequence[IPAddress] = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                addresses = await self._resolver(host, port)
+            except OSError as exc:
+                raise DownloadFailed(f"cannot resolve {host!r}: {exc}") from exc
+        if not addresses:
+            raise DownloadFailed(f"{host!r} resolves to no address")
+        if not self._policy.allow_private_addresses:
+            private = [str(address) for address in addresses if not _is_public(address)]
+            if private:
+                raise DownloadRefused(f"{host!r} resolves to non-public {', '.join(private)}")
+        return addresses
+
+    async def _save(self, response: httpx.Response, ref: FileRef) -> DownloadedFile:
+        max_bytes = self._policy.max_bytes
+        declared = _content_length(response)
+        if declared is not None and declared > max_bytes:
+            raise DownloadRefused(f"{_safe(ref.url)}: {declared} bytes is over the cap")
+        # Handed to the caller on success (DownloadedFile.close), closed here on failure.
+        spool = tempfile.SpooledTemporaryFile(max_size=self._policy.spool_bytes)  # noqa: SIM115
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadRefused(f"{_safe(ref.url)}: more than {max_bytes} bytes")
+                digest.update(chunk)
+                spool.write(chunk)
+            # Content-Length counts encoded bytes; h11 itself refuses a short encoded body.
+            if declared is not None and not _is_encoded(response) and size != declared:
+                raise DownloadFailed(f"{_safe(ref.url)}: got {size} of {declared} bytes")
+            if ref.file_size is not None and size != ref.file_size:
+                raise DownloadFailed(f"{_safe(ref.url)}: got {size} of {ref.file_size} bytes")
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return DownloadedFile(
+            file=spool,
+            size=size,
+            sha256=digest.hexdigest(),
+            content_type=_content_type(response, ref),
+        )
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        ceiling = min(self._policy.backoff_max, self._policy.backoff_base * 2 ** (attempt - 1))
+        # Full jitter, so replicas retrying the same CDN do not return in step.
+        delay = random.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._policy.backoff_max))
+        return delay
+
+
+def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
+    try:
+        return url.join(location)
+    except httpx.InvalidURL as exc:
+        raise DownloadRefused(f"{_safe(url)}: malformed redirect") from exc
+
+
+def _check_status(response: httpx.Response, url: httpx.URL) -> None:
+    status = response.status_code
+    if response.is_success:
+        return
+    if status in _EXPIRED_STATUSES:
+        raise UrlExpired(f"{_safe(url)}: {status}", status_code=status)
+    raise DownloadFailed(
+        f"{_safe(url)}: {status}", status_code=status, retry_after=_retry_after(response)
+    )
+
+
+def _host_allowed(host: str, patterns: Sequence[str]) -> bool:
+    host = host.rstrip(".").lower()
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def _is_public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _is_encoded(response: httpx.Response) -> bool:
+    encoding: str = response.headers.get("content-encoding", "identity")
+    return encoding.lower() != "identity"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+def _content_type(response: httpx.Response, ref: FileRef) -> str:
+    # CDNs often answer with the generic type; the provider's declared type is then better.
+    served = _media_type(response.headers.get("content-type", ""))
+    if served and served != _GENERIC_TYPE:
+        return served
+    declared = _media_type(ref.content_type or "")
+    return declared or served or _GENERIC_TYPE
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _safe(url: str | httpx.URL) -> str:
+    # Signed CDN URLs carry their signature in the query: keep it out of logs.
+    try:
+        return str(httpx.URL(url).copy_with(query=None, fragment=None))
+    except httpx.InvalidURL:
+        return "<malformed URL>"
+
+
+def _str(value: JSON) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _size(value: JSON) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value

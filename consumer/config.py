@@ -1,0 +1,120 @@
+"""genrelay's settings: one validated object, read from `GENRELAY_*` variables or a `.env` file.
+
+Every address is configurable, so the same service runs against the embedded stack or against
+real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from genrelay.consumer.lifecycle import Policy
+from genrelay.schemas.topics import Topics
+
+
+class Settings(BaseSettings):
+    """All of genrelay's configuration (env prefix `GENRELAY_`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GENRELAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    group_id: str = Field("genrelay", description="consumer group shared by all replicas")
+    instance_id: str | None = Field(None, description="static group membership id (optional)")
+    topic_requests: str = "genrelay.requests"
+    topic_ledger: str = "genrelay.ledger"
+    topic_webhooks: str = "genrelay.webhooks"
+    topic_completions: str = "genrelay.completions"
+    topic_progress: str = "genrelay.progress"
+    topic_dead_letter: str = "genrelay.dead-letter"
+    extra_input_topics: list[str] = Field(
+        default_factory=list, description="further topics whose records are re-keyed into requests"
+    )
+    partitions: int = Field(6, ge=1, description="partition count when genrelay creates topics")
+    replication_factor: int = Field(1, ge=1)
+    create_topics: bool = Field(True, description="create missing topics at start")
+
+    # Provider (fal)
+    fal_queue_url: str = Field("https://queue.fal.run", description="fal queue base URL")
+    fal_key: SecretStr = Field(SecretStr(""), description="fal API key (Authorization: Key …)")
+    fal_jwks_url: str = Field(
+        "https://rest.alpha.fal.ai/.well-known/jwks.json", description="webhook signing keys"
+    )
+
+    # Webhook receiver
+    http_host: str = Field("127.0.0.1", description="address the webhook receiver binds")
+    http_port: int = Field(8080, ge=0, le=65535)
+    public_webhook_url: str | None = Field(
+        None, description="public base URL of the receiver; unset means polling only"
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""), description="HMAC secret binding webhook URLs to keys"
+    )
+    max_webhook_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    # Object store
+    s3_endpoint: str = Field("127.0.0.1:9000", description="S3 endpoint host:port")
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = Field("us-east-1", description="S3 region (saves a location lookup)")
+    bucket: str = Field("genrelay", description="bucket when a request names none")
+    prefix: str = Field("", description="key prefix when a request names none")
+    upload_threads: int = Field(8, ge=1, description="threads of the blocking S3 client")
+
+    # Downloads
+    download_hosts: list[str] = Field(
+        default_factory=lambda: ["fal.media", "*.fal.media"],
+        description="hosts output files may be downloaded from",
+    )
+    allow_private_downloads: bool = Field(
+        False, description="allow loopback/private addresses (the local emulator only)"
+    )
+    max_download_bytes: int = Field(512 * 1024 * 1024, ge=1)
+
+    # Limits
+    max_in_flight: int = Field(1000, ge=1, description="jobs between submit and outcome")
+    max_in_flight_per_endpoint: int = Field(500, ge=1)
+    max_buffered_records: int = Field(5000, ge=1, description="records waiting for a slot")
+    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_record_bytes: int = Field(1024 * 1024, ge=256)
+    max_submit_attempts: int = Field(8, ge=1)
+
+    # Timing
+    poll_grace_seconds: float = Field(30.0, ge=0, description="wait for a webhook before polling")
+    poll_max_interval_seconds: float = Field(30.0, gt=0)
+    unknown_grace_seconds: float = Field(
+        600.0, ge=0, description="how long an ambiguous submit waits for a webhook"
+    )
+    resubmit_unknown: bool = Field(
+        False, description="re-post an ambiguous submit nobody adopted (may pay twice)"
+    )
+    dedup_window_days: float = Field(7.0, gt=0, description="how long a key is remembered")
+    commit_interval_seconds: float = Field(1.0, gt=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    @field_validator("fal_queue_url", "public_webhook_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(
+            requests=self.topic_requests,
+            ledger=self.topic_ledger,
+            webhooks=self.topic_webhooks,
+            completions=self.topic_completions,
+            progress=self.topic_progress,
+            dead_letter=self.topic_dead_letter,
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            max_submit_attempts=self.max_submit_attempts,
+            resubmit_unknown=self.resubmit_unknown,
+        )

@@ -1,0 +1,528 @@
+"""The life of one idempotency key as a pure function: `(record, event) -> Decision`.
+
+No I/O happens here. The caller writes `Decision.record` to the ledger (and waits for the
+broker's acknowledgement) *before* it performs `Decision.effects`, then feeds what the effects
+learnt back in as new events. Because every transition is here, crash and replay behaviour is
+a table of cases, and a property test can run any sequence of events through it.
+
+    (none) --submit--> SUBMITTING --accepted--> SUBMITTED --news ok--> RESULT_READY
+                         |   ^  \\--ambiguous/restored--> UNKNOWN --webhook adopts--^
+                         |   '--not sent (retry)            \\--unresolved--> resubmit | FAILED
+                         '--refused--> FAILED
+    RESULT_READY --files stored--> STORED --published--> COMPLETED
+    any open phase --news error--> FAILED | CANCELLED;  result gone --> EXPIRED
+
+Transitions are monotonic: news for a later or finished phase is a no-op.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail, Timings
+from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord, Phase, ProviderJob
+
+_EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
+OPEN_PHASES = frozenset({Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
+Status = Literal["succeeded", "failed", "cancelled", "expired"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs the lifecycle needs; defaults are the service's settings."""
+
+    max_submit_attempts: int = 8
+    max_result_refetches: int = 3
+    resubmit_unknown: bool = False
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitCommand:
+    request: Mapping[str, Any]
+    fingerprint: str
+    endpoint: str
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelCommand:
+    pass
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job: ProviderJob
+
+
+@dataclass(frozen=True)
+class NotSent:
+    error: ErrorDetail
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Refused:
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class RetryDue:
+    """The wait before re-posting a submit that provably never arrived is over."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The record was read back from the ledger by a (new) owner."""
+
+
+@dataclass(frozen=True)
+class News:
+    """The provider finished the job (webhook or poll); `payload is None` means fetch it."""
+
+    request_id: str
+    ok: bool
+    payload: Any = None
+    error: ErrorDetail | None = None
+    gateway_request_id: str | None = None
+    inference_seconds: float | None = None
+    cost_units: float | None = None
+    job: ProviderJob | None = None  # the provider's handle, when the news reveals the request
+
+
+@dataclass(frozen=True)
+class ResultGone:
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class FilesStored:
+    artifacts: tuple[Artifact, ...]
+    result: Any
+
+
+@dataclass(frozen=True)
+class FilesExpired:
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class FilesRefused:
+    """An output file may not be downloaded (policy: host, address, size): the job fails."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Published:
+    pass
+
+
+@dataclass(frozen=True)
+class UnknownUnresolved:
+    """No webhook adopted an ambiguous submit within the grace period."""
+
+
+Event = (
+    SubmitCommand
+    | CancelCommand
+    | Accepted
+    | NotSent
+    | Ambiguous
+    | Refused
+    | RetryDue
+    | Restored
+    | News
+    | ResultGone
+    | FilesStored
+    | FilesExpired
+    | FilesRefused
+    | Published
+    | UnknownUnresolved
+)
+
+# --- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Post:
+    """POST the submission now (the record saying SUBMITTING is already durable)."""
+
+
+@dataclass(frozen=True)
+class PostLater:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AwaitAdoption:
+    """Wait for a webhook to reveal the request_id of an ambiguous submit."""
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Wait for news: a webhook, else poll the status after the grace period."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    pass
+
+
+@dataclass(frozen=True)
+class StoreFiles:
+    pass
+
+
+@dataclass(frozen=True)
+class Publish:
+    event: CompletionEvent
+
+
+@dataclass(frozen=True)
+class Replay:
+    event: CompletionEvent
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Same key, different payload: dead-letter the record, change nothing."""
+
+
+@dataclass(frozen=True)
+class CancelAtProvider:
+    job: ProviderJob
+
+
+Effect = (
+    Post
+    | PostLater
+    | AwaitAdoption
+    | Watch
+    | FetchResult
+    | StoreFiles
+    | Publish
+    | Replay
+    | Conflict
+    | CancelAtProvider
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    record: LedgerRecord | None  # the new state to write first, or None when unchanged
+    effects: tuple[Effect, ...] = field(default=())
+
+
+NOTHING = Decision(None)
+
+
+def decide(
+    record: LedgerRecord | None,
+    event: Event,
+    key: str,
+    now: datetime,
+    policy: Policy = Policy(),
+) -> Decision:
+    """The next state and effects for `key` given what just happened."""
+    if isinstance(event, SubmitCommand):
+        return _on_submit(record, event, key, now)
+    if isinstance(event, CancelCommand):
+        return _on_cancel(record, key, now)
+    if record is None:
+        return NOTHING  # news about a key we hold no state for changes nothing
+    return _on_progress(record, event, now, policy)
+
+
+def _on_submit(
+    record: LedgerRecord | None, cmd: SubmitCommand, key: str, now: datetime
+) -> Decision:
+    if record is None:
+        fresh = LedgerRecord(
+            idempotency_key=key,
+            phase=Phase.SUBMITTING,
+            fingerprint=cmd.fingerprint,
+            endpoint=cmd.endpoint,
+            request=dict(cmd.request),
+            attempts=1,
+            traceparent=cmd.traceparent,
+            accepted_at=now,
+            updated_at=now,
+        )
+        return Decision(fresh, (Post(),))
+    if record.phase is Phase.CANCELLED and record.event is None:
+        late = record.model_copy(
+            update={
+                "fingerprint": cmd.fingerprint,
+                "endpoint": cmd.endpoint,
+                "request": dict(cmd.request),
+                "published": False,
+            }
+        )
+        return _finish(late, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
+    if record.fingerprint != cmd.fingerprint:
+        return Decision(None, (Conflict(),))
+    if record.terminal and record.published and record.event is not None:
+        return Decision(None, (Replay(record.event.model_copy(update={"replayed": True})),))
+    return NOTHING  # a duplicate of work under way: suppressed
+
+
+def _on_cancel(record: LedgerRecord | None, key: str, now: datetime) -> Decision:
+    if record is None:
+        # A cancel ahead of its submit still wins: the key is remembered as cancelled, and the
+        # submit, when it comes, ends cancelled without being paid for.
+        ghost = LedgerRecord(
+            idempotency_key=key,
+            phase=Phase.CANCELLED,
+            fingerprint="",
+            endpoint="",
+            request={},
+            cancel_requested=True,
+            published=True,
+            accepted_at=now,
+            updated_at=now,
+        )
+        return Decision(ghost)
+    if record.phase not in OPEN_PHASES or record.cancel_requested:
+        return NOTHING
+    updated = record.model_copy(update={"cancel_requested": True, "updated_at": now})
+    if record.job is not None:
+        return Decision(updated, (CancelAtProvider(record.job),))
+    return Decision(updated)  # cancelled at the provider as soon as its request_id is known
+
+
+def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Policy) -> Decision:
+    if not record.published and record.event is not None:
+        # Built but not yet announced: whatever happened, announce exactly that event.
+        if isinstance(event, Published):
+            return _published(record, now)
+        return Decision(None, (Publish(record.event),))
+    if record.terminal:
+        return NOTHING
+    match event:
+        case Accepted(job=job):
+            return _accepted(record, job, now, adopted=False)
+        case NotSent(error=error, retry_after=delay):
+            return _not_sent(record, error, delay, now, policy)
+        case Ambiguous(error=error) if record.phase is Phase.SUBMITTING:
+            return _change(record, now, phase=Phase.UNKNOWN, last_error=error).then(AwaitAdoption())
+        case Refused(error=error) if record.phase is Phase.SUBMITTING:
+            return _finish(record, Phase.FAILED, "failed", error, now)
+        case RetryDue() if record.phase is Phase.SUBMITTING and record.retry_at is not None:
+            # Clearing retry_at first marks this attempt as under way: after a crash from
+            # here on, the POST may have happened and the key goes UNKNOWN, not re-posted.
+            return _change(record, now, retry_at=None).then(Post())
+        case Restored():
+            return _restored(record, now)
+        case News():
+            return _news(record, event, now)
+        case ResultGone(error=error) if record.phase in (Phase.SUBMITTED, Phase.RESULT_READY):
+            return _finish(record, Phase.EXPIRED, "expired", error, now)
+        case FilesStored(artifacts=artifacts, result=result) if record.phase is Phase.RESULT_READY:
+            return _stored(record, artifacts, result, now)
+        case FilesExpired(error=error) if record.phase is Phase.RESULT_READY:
+            if record.result_refetches >= policy.max_result_refetches:
+                return _finish(record, Phase.EXPIRED, "expired", error, now)
+            refetch = record.result_refetches + 1
+            return _change(record, now, result_refetches=refetch).then(FetchResult())
+        case FilesRefused(error=error) if record.phase is Phase.RESULT_READY:
+            return _finish(record, Phase.FAILED, "failed", error, now)
+        case UnknownUnresolved() if record.phase is Phase.UNKNOWN:
+            return _unresolved(record, now, policy)
+    return NOTHING
+
+
+def _accepted(record: LedgerRecord, job: ProviderJob, now: datetime, *, adopted: bool) -> Decision:
+    if record.phase not in (Phase.SUBMITTING, Phase.UNKNOWN):
+        return NOTHING  # a second answer for the same key never replaces the first
+    updated = _change(
+        record,
+        now,
+        phase=Phase.SUBMITTED,
+        job=job,
+        adopted=adopted,
+        submitted_at=now,
+        retry_at=None,
+    )
+    if record.cancel_requested:
+        return updated.then(CancelAtProvider(job), Watch())
+    return updated.then(Watch())
+
+
+def _not_sent(
+    record: LedgerRecord, error: ErrorDetail, delay: float, now: datetime, policy: Policy
+) -> Decision:
+    if record.phase is not Phase.SUBMITTING:
+        return NOTHING
+    if record.cancel_requested:
+        return _finish(record, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
+    if record.attempts >= policy.max_submit_attempts:
+        return _finish(record, Phase.FAILED, "failed", error, now)
+    at = now + timedelta(seconds=delay)
+    # The attempt is counted now, before the retry's POST, so a crash cannot reset the budget.
+    return _change(record, now, attempts=record.attempts + 1, last_error=error, retry_at=at).then(
+        PostLater(at)
+    )
+
+
+def _restored(record: LedgerRecord, now: datetime) -> Decision:
+    match record.phase:
+        case Phase.SUBMITTING if record.retry_at is not None and record.last_error is not None:
+            # The last attempt provably never reached the provider; its retry is still due.
+            return Decision(None, (PostLater(record.retry_at),))
+        case Phase.SUBMITTING:
+            # The POST may have happened before the crash: never re-post blindly.
+            return _change(record, now, phase=Phase.UNKNOWN).then(AwaitAdoption())
+        case Phase.UNKNOWN:
+            return Decision(None, (AwaitAdoption(),))
+        case Phase.SUBMITTED:
+            return Decision(None, (Watch(),))
+        case Phase.RESULT_READY:
+            return Decision(None, (StoreFiles(),))
+    return NOTHING
+
+
+def _news(record: LedgerRecord, news: News, now: datetime) -> Decision:
+    if record.phase in (Phase.SUBMITTING, Phase.UNKNOWN):
+        if news.job is None:
+            return NOTHING
+        # The webhook URL carries our key, so its request_id is ours: adopt it, never re-post.
+        record = record.model_copy(
+            update={
+                "phase": Phase.SUBMITTED,
+                "job": news.job,
+                "adopted": record.phase is Phase.UNKNOWN,
+                "submitted_at": now,
+                "retry_at": None,
+            }
+        )
+    elif record.phase is not Phase.SUBMITTED or record.job is None:
+        return NOTHING
+    elif record.job.request_id != news.request_id:
+        return NOTHING  # news about a request that is not this key's: ignore
+    return _outcome(record, news, now)
+
+
+def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
+    extra: dict[str, Any] = {}
+    if news.inference_seconds is not None:
+        extra["inference_seconds"] = news.inference_seconds
+    if news.cost_units is not None:
+        extra["cost_units"] = news.cost_units
+    if not news.ok:
+        error = news.error or ErrorDetail(type="provider_error", message="failed", retryable=False)
+        record = record.model_copy(update=extra)
+        if error.type == "client_cancelled" or record.cancel_requested:
+            return _finish(record, Phase.CANCELLED, "cancelled", error, now)
+        return _finish(record, Phase.FAILED, "failed", error, now)
+    if news.payload is None:
+        return _change(record, now, **extra).then(FetchResult())
+    return _change(record, now, phase=Phase.RESULT_READY, result=news.payload, **extra).then(
+        StoreFiles()
+    )
+
+
+def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
+    if record.cancel_requested:
+        return _finish(record, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
+    if not policy.resubmit_unknown or record.attempts >= policy.max_submit_attempts:
+        error = ErrorDetail(
+            type="submit_unknown",
+            message="the submit's outcome stayed unknown and no webhook revealed it",
+            retryable=True,
+        )
+        return _finish(record, Phase.FAILED, "failed", error, now)
+    return _change(
+        record,
+        now,
+        phase=Phase.SUBMITTING,
+        attempts=record.attempts + 1,
+        resubmissions=record.resubmissions + 1,
+        retry_at=None,
+    ).then(Post())
+
+
+def _stored(
+    record: LedgerRecord, artifacts: tuple[Artifact, ...], result: Any, now: datetime
+) -> Decision:
+    stored = record.model_copy(update={"phase": Phase.STORED, "finished_at": now})
+    event = build_event(stored, "succeeded", None, artifacts, result, now)
+    stored = stored.model_copy(update={"event": event, "updated_at": now})
+    return Decision(stored, (Publish(event),))
+
+
+def _published(record: LedgerRecord, now: datetime) -> Decision:
+    phase = Phase.COMPLETED if record.phase is Phase.STORED else record.phase
+    return _change(record, now, phase=phase, published=True).then()
+
+
+def _finish(
+    record: LedgerRecord, phase: Phase, status: Status, error: ErrorDetail, now: datetime
+) -> Decision:
+    assert phase in TERMINAL_PHASES
+    ended = record.model_copy(update={"phase": phase, "finished_at": now, "last_error": error})
+    event = build_event(ended, status, error, (), None, now)
+    ended = ended.model_copy(update={"event": event, "updated_at": now})
+    return Decision(ended, (Publish(event),))
+
+
+def build_event(
+    record: LedgerRecord,
+    status: Status,
+    error: ErrorDetail | None,
+    artifacts: tuple[Artifact, ...],
+    result: Any,
+    now: datetime,
+) -> CompletionEvent:
+    """The completion event for a finished key; its id is derived, so rebuilding is identical."""
+    request_id = record.job.request_id if record.job else None
+    event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{record.idempotency_key}\n{request_id}\n{status}")
+    return CompletionEvent(
+        event_id=str(event_id),
+        idempotency_key=record.idempotency_key,
+        status=status,
+        endpoint=record.endpoint,
+        request_id=request_id,
+        artifacts=list(artifacts),
+        result=result,
+        error=error,
+        timings=_timings(record, now),
+        attempts=record.attempts,
+        cost_units=record.cost_units,
+        metadata=record.request.get("metadata") or {},
+        replayed=False,
+    )
+
+
+def _timings(record: LedgerRecord, now: datetime) -> Timings:
+    total_ms = int((now - record.accepted_at).total_seconds() * 1000)
+    running_ms = int((record.inference_seconds or 0.0) * 1000)
+    running_ms = min(running_ms, total_ms)
+    return Timings(queued_ms=total_ms - running_ms, running_ms=running_ms, total_ms=total_ms)
+
+
+def _cancelled_error() -> ErrorDetail:
+    return ErrorDetail(type="client_cancelled", message="cancelled by request", retryable=False)
+
+
+def _change(record: LedgerRecord, now: datetime, **changes: Any) -> _Pending:
+    return _Pending(record.model_copy(update={**changes, "updated_at": now}))
+
+
+@dataclass(frozen=True)
+class _Pending:
+    record: LedgerRecord
+
+    def then(self, *effects: Effect) -> Decision:
+        return Decision(self.record, effects)

@@ -1,0 +1,146 @@
+"""The inference provider as the core sees it: values and a small Protocol, no fal specifics.
+
+An adapter (``genrelay.consumer.fal``) implements ``Provider`` and raises only the
+``ProviderError`` family from ``genrelay.consumer.errors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Protocol, TypeAlias
+
+JSON: TypeAlias = "bool | int | float | str | list[JSON] | dict[str, JSON] | None"
+JSONObject: TypeAlias = "dict[str, JSON]"
+
+# The error type a provider reports for a request that was cancelled at our request.
+CANCELLED_ERROR_TYPE = "client_cancelled"
+
+
+class JobState(StrEnum):
+    """Where a submitted request is. A failed request is COMPLETED with an error."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+class Priority(StrEnum):
+    """Queue priority: bulk work goes ``low`` so interactive traffic overtakes it."""
+
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class CancelOutcome(Enum):
+    """What a cancel achieved. After REQUESTED the request may still complete and bill."""
+
+    REQUESTED = "requested"
+    ALREADY_COMPLETED = "already_completed"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A request the provider accepted, with the URLs it gave us to follow verbatim."""
+
+    request_id: str
+    gateway_request_id: str | None
+    status_url: str
+    response_url: str
+    cancel_url: str
+    queue_position: int | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    message: str
+    level: str | None
+    timestamp: str | None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    queue_position: int | None = None
+    logs: tuple[LogLine, ...] = ()
+    inference_time: float | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state is JobState.COMPLETED and (
+            self.error is not None or self.error_type is not None
+        )
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a request failed. ``retryable`` means a new (paid) submission might succeed."""
+
+    type: str
+    message: str
+    retryable: bool
+
+    @property
+    def cancelled(self) -> bool:
+        return self.type == CANCELLED_ERROR_TYPE
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A completed request's outcome: its output when ``ok``, else ``error``."""
+
+    ok: bool
+    payload: JSON
+    error: ErrorInfo | None
+    billable_units: float | None = None
+
+
+@dataclass(frozen=True)
+class WebhookNews:
+    """What a verified webhook delivery says about a request."""
+
+    request_id: str
+    gateway_request_id: str | None
+    ok: bool
+    payload: JSON
+    error: ErrorInfo | None
+    payload_error: str | None
+
+    @property
+    def needs_fetch(self) -> bool:
+        """The delivery carries no usable output: fetch the result from the provider."""
+        return self.ok and (self.payload is None or self.payload_error is not None)
+
+
+class Provider(Protocol):
+    """A paid inference queue. Every method raises only ``ProviderError`` subclasses."""
+
+    async def submit(
+        self,
+        endpoint: str,
+        input: JSONObject,
+        *,
+        webhook_url: str | None,
+        priority: Priority,
+    ) -> Submission:
+        """Enqueue one paid request. ``NotSent`` may be retried; ``MaybeSent`` must not."""
+        ...
+
+    async def status(self, submission: Submission, *, with_logs: bool = False) -> JobStatus:
+        """Poll where the request is; ``NotFound`` if the provider does not know it."""
+        ...
+
+    async def result(self, submission: Submission) -> JobResult:
+        """Fetch a completed request's outcome; ``ResultExpired`` if it is gone."""
+        ...
+
+    async def cancel(self, submission: Submission) -> CancelOutcome:
+        """Ask the provider to cancel; the request may still complete."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; safe to call twice."""
+        ...

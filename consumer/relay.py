@@ -1,0 +1,405 @@
+"""The relay service: one Kafka consumer-group member that owns some partitions' keys.
+
+It wires the parts (intake, ledger, jobs, webhook receiver, results, events) and runs three
+supervised loops: the poll loop (never blocks on jobs), the offset committer, and the HTTP
+server. Shutdown runs in a fixed order: stop fetching, let running steps finish within the
+grace period, commit, flush the producer, close clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import murmur2
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.artifacts import Downloader, DownloadPolicy
+from genrelay.consumer.config import Settings
+from genrelay.consumer.events import KafkaPublisher
+from genrelay.consumer.fal import FalProvider
+from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
+from genrelay.consumer.jobs import Jobs, Timing, to_job
+from genrelay.consumer.ledger import Ledger
+from genrelay.consumer.object_store import MinioStore
+from genrelay.consumer.offsets import PartitionOffsets
+from genrelay.consumer.results import ResultFiles
+from genrelay.consumer.slots import Slots
+from genrelay.consumer.topics import ensure_topics
+from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
+from genrelay.consumer.webhook_signature import JwksCache, WebhookToken
+from genrelay.schemas.base import to_json_bytes
+from genrelay.schemas.webhooks import WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    relay: Relay
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.relay._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.relay._assigned(assigned)
+
+
+class Relay:
+    """`async with Relay(settings) as relay: await relay.run()` — one replica of genrelay."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+        )
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        self.provider = FalProvider(
+            settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
+        )
+        self.ledger = Ledger(self._producer, settings.kafka_bootstrap, self.topics.ledger)
+        self.publisher = KafkaPublisher(self._producer, self.topics)
+        self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
+        self._downloader = Downloader(policy=self._download_policy())
+        self.store = MinioStore(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            max_workers=settings.upload_threads,
+        )
+        files = ResultFiles(
+            self._downloader, self.store, bucket=settings.bucket, prefix=settings.prefix
+        )
+        secret = settings.webhook_secret.get_secret_value().encode()
+        self._tokens = WebhookToken(secret) if secret else None
+        self.jobs = Jobs(
+            ledger=self.ledger,
+            provider=self.provider,
+            slots=self.slots,
+            publisher=self.publisher,
+            files=files,
+            webhook_url=self._webhook_url,
+            policy=settings.policy,
+            timing=Timing(
+                poll_grace=settings.poll_grace_seconds,
+                poll_max_interval=settings.poll_max_interval_seconds,
+                unknown_grace=settings.unknown_grace_seconds,
+            ),
+            on_crash=self._crashed,
+        )
+        self.receiver = (
+            WebhookReceiver(
+                tokens=self._tokens,
+                jwks=JwksCache(self._http, url=settings.fal_jwks_url),
+                handoff=self._hand_over,
+                max_body_bytes=settings.max_webhook_bytes,
+            )
+            if self._tokens
+            else None
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._owned: set[int] = set()
+        self._partitions = 0
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._server: uvicorn.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
+
+    def _download_policy(self) -> DownloadPolicy:
+        s = self.settings
+        schemes = (
+            frozenset({"https", "http"}) if s.allow_private_downloads else frozenset({"https"})
+        )
+        return DownloadPolicy(
+            allowed_hosts=tuple(s.download_hosts),
+            allowed_schemes=schemes,
+            allow_private_addresses=s.allow_private_downloads,
+            max_bytes=s.max_download_bytes,
+        )
+
+    def _webhook_url(self, key: str) -> str | None:
+        base = self.settings.public_webhook_url
+        if base is None or self._tokens is None:
+            return None  # polling only
+        return self._tokens.build_webhook_url(f"{base}{WEBHOOK_PATH}", key)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Relay:
+        self._partitions = await ensure_topics(self.settings)
+        await self._producer.start()
+        await self._start_http()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Consume until `stop()` is called or a part crashes (then re-raise its error)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.group_id,
+            group_instance_id=self.settings.instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Range keeps partition p of requests and webhooks on the same member.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=1024 * 1024,
+        )
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.topics.requests, self.topics.webhooks, *self.settings.extra_input_topics],
+            listener=_Listener(self),
+        )
+        await consumer.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._poll_loop(consumer))
+                group.create_task(self._commit_loop(consumer))
+                group.create_task(self._sweep_loop())
+        finally:
+            await self._drain(consumer)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _crashed(self, exc: BaseException) -> None:
+        log.error("a job crashed; stopping the relay", exc_info=exc)
+        self._fatal = self._fatal or exc
+        self.stop()
+
+    async def _drain(self, consumer: AIOKafkaConsumer) -> None:
+        await self.jobs.release(set(self._owned), self.settings.shutdown_grace_seconds)
+        with contextlib.suppress(KafkaError, CommitFailedError):
+            await self._commit(consumer)
+        await consumer.stop()
+        self._consumer = None
+
+    async def close(self) -> None:
+        """Flush the producer, stop the HTTP server, close clients; safe to call twice."""
+        if self._server is not None:
+            self._server.should_exit = True
+        await self._producer.stop()
+        await self._downloader.aclose()
+        await self.provider.aclose()
+        await self._http.aclose()
+        await self.store.aclose()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        extra = [
+            Route("/healthz", self._live),
+            Route("/readyz", self._ready),
+        ]
+        routes_app = app(self.receiver, extra)
+        config = uvicorn.Config(
+            routes_app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError("the HTTP server stopped during start")
+            await asyncio.sleep(0.02)
+        self.http_port = server.servers[0].sockets[0].getsockname()[1]
+        self._server_task = task
+
+    async def _live(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _ready(self, request: Request) -> Response:
+        ready = self.ready.is_set() and not self._stopping.is_set()
+        body: dict[str, Any] = {"ready": ready, "partitions": sorted(self._owned)}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def _hand_over(self, delivery: WebhookDelivery) -> None:
+        await self._producer.send_and_wait(
+            self.topics.webhooks, to_json_bytes(delivery), key=delivery.idempotency_key.encode()
+        )
+
+    # --- partitions -----------------------------------------------------------------------
+
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
+        fresh = mine - self._owned
+        await self.ledger.restore(sorted(fresh))
+        self._owned |= fresh
+        for partition in sorted(fresh):
+            self.jobs.resume(partition)
+        self.ready.set()
+        log.info("assigned partitions %s (restored %s)", sorted(self._owned), sorted(fresh))
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == self.topics.requests}
+        await self.jobs.release(gone, grace=2.0)
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError, CommitFailedError):
+                await self._commit(self._consumer)
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+        self.ledger.release(gone)
+        self._owned -= gone
+
+    # --- loops ----------------------------------------------------------------------------
+
+    async def _poll_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            for tp, messages in batch.items():
+                tracker = self._offsets.setdefault(tp, PartitionOffsets())
+                for message in messages:
+                    tracker.taken(message.offset)
+                    self._handle(tp, message, tracker)
+            self._backpressure(consumer)
+
+    def _handle(self, tp: TopicPartition, message: Any, tracker: PartitionOffsets) -> None:
+        source = SourceRecord(
+            tp.topic,
+            tp.partition,
+            message.offset,
+            message.key,
+            message.value,
+            tuple(message.headers or ()),
+        )
+
+        def finished() -> None:
+            tracker.finished(source.offset)
+
+        if tp.topic == self.topics.webhooks:
+            self._handle_webhook(source, finished)
+            return
+        verdict = classify(
+            source,
+            requests_topic=self.topics.requests,
+            max_bytes=self.settings.max_record_bytes,
+            partition_for=self._partition_for(source),
+        )
+        match verdict:
+            case Command(key=key, event=event):
+                self.jobs.deliver(key, tp.partition, event, on_done=finished, source=source)
+            case Rekey(key=key):
+                self._background(self.publisher.rekey(source, key), finished)
+            case Refuse(reason=reason, error=error):
+                self._background(self.publisher.dead_letter(source, reason, error), finished)
+
+    def _partition_for(self, source: SourceRecord) -> int | None:
+        if source.topic != self.topics.requests or not self._partitions:
+            return None
+        if source.key is None:
+            return None
+        partition: int = (murmur2(source.key) & 0x7FFFFFFF) % self._partitions
+        return partition
+
+    def _handle_webhook(self, source: SourceRecord, finished: Callable[[], None]) -> None:
+        try:
+            delivery = WebhookDelivery.model_validate_json(source.value or b"")
+        except ValidationError:
+            log.warning("unreadable record on %s at %d", source.topic, source.offset)
+            finished()
+            return
+        key = delivery.idempotency_key
+        record = self.ledger.get(key)
+        job = None
+        if record is not None and record.endpoint:
+            job = to_job(self.provider.submission_for(record.endpoint, delivery.request_id))
+        # A delivery with an error or without its output is a signal to fetch the result,
+        # whose status code and headers classify the outcome authoritatively.
+        usable = delivery.ok and delivery.payload_error is None and delivery.payload is not None
+        news = lc.News(
+            request_id=delivery.request_id,
+            ok=True,
+            payload=delivery.payload if usable else None,
+            gateway_request_id=delivery.gateway_request_id,
+            job=job,
+        )
+        self.jobs.counters["webhook_resolutions"] += 1
+        self.jobs.deliver(key, source.partition, news, on_done=finished)
+
+    def _background(self, work: Coroutine[Any, Any, None], finished: Callable[[], None]) -> None:
+        async def run() -> None:
+            await work
+            finished()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._crashed(exc)
+
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        waiting = sum(
+            t.in_flight for tp, t in self._offsets.items() if tp.topic != self.topics.webhooks
+        )
+        limit = self.settings.max_buffered_records
+        inputs = [tp for tp in consumer.assignment() if tp.topic != self.topics.webhooks]
+        if not self._paused and waiting >= limit:
+            consumer.pause(*inputs)
+            self._paused = True
+        elif self._paused and waiting < limit // 2:
+            consumer.resume(*inputs)
+            self._paused = False
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.commit_interval_seconds
+                )
+            try:
+                await self._commit(consumer)
+            except (CommitFailedError, KafkaError) as exc:
+                log.info("commit skipped: %s", exc)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        points = {
+            tp: point
+            for tp, tracker in self._offsets.items()
+            if tp in assigned and (point := tracker.commit_point()) is not None
+        }
+        if points:
+            await consumer.commit(points)
+
+    async def _sweep_loop(self) -> None:
+        window = timedelta(days=self.settings.dedup_window_days)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=3600)
+            for partition in sorted(self._owned):
+                await self.ledger.forget_expired(partition, window, datetime.now(UTC))

@@ -1,0 +1,53 @@
+"""Creating and checking genrelay's topics at start."""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from genrelay.consumer.config import Settings
+
+
+class TopicLayoutError(RuntimeError):
+    """The co-partitioned topics disagree on their partition count."""
+
+
+async def ensure_topics(settings: Settings) -> int:
+    """Create missing topics and check co-partitioning; returns the partition count."""
+    topics = settings.topics
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        if settings.create_topics:
+            await _create(admin, settings)
+        described = await admin.describe_topics([topics.requests, topics.ledger, topics.webhooks])
+    finally:
+        await admin.close()
+    counts = {t["topic"]: len(t["partitions"]) for t in described}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        # Keyed co-partitioning is what lets one replica own every fact about a key.
+        raise TopicLayoutError(f"requests, ledger and webhooks need equal partitions: {counts}")
+    return next(iter(counts.values()))
+
+
+async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    topics = settings.topics
+    compacted = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            topic_configs=compacted if name == topics.ledger else {},
+        )
+        for name in topics.all()
+    ]
+    existing = set(await admin.list_topics())
+    missing = [topic for topic in wanted if topic.name not in existing]
+    if not missing:
+        return
+    # Another replica may create them first.
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await admin.create_topics(missing)

@@ -1,0 +1,157 @@
+"""The aiokafka boundary: a record sender and a completion-topic reader.
+
+aiokafka's errors are translated here into `BrokerError`/`PublishError`, so nothing above
+this module handles a Kafka exception type.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+from genrelay.producers.errors import BrokerError, ClientStateError, PublishError
+
+
+class StartFrom(StrEnum):
+    """Where a reader starts on the completion topic."""
+
+    BEGINNING = "beginning"  # every event still retained, including ones from before start
+    END = "end"  # only events published after the reader started
+
+
+# aiokafka retries an offset lookup for as long as it fails; a start must end.
+_POSITION_TIMEOUT_S = 60.0
+
+
+def _broker_error(action: str, exc: KafkaError) -> BrokerError:
+    return BrokerError(f"{action}: {exc}", retryable=bool(exc.retriable))
+
+
+class KafkaRecordSender:
+    """Sends records with an idempotent producer and waits for every in-sync replica's ack.
+
+    `kafka_options` go to `AIOKafkaProducer` unchanged (security, client id, ...), except the
+    delivery settings this class fixes.
+    """
+
+    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5, **kafka_options: Any) -> None:
+        self._options = {
+            **kafka_options,
+            "bootstrap_servers": bootstrap_servers,
+            "linger_ms": linger_ms,
+            # aiokafka defaults to acks=1 without idempotence: a leader crash could lose an
+            # acknowledged request, and a retried send could duplicate it.
+            "enable_idempotence": True,
+            "acks": "all",
+        }
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        """Connect to the cluster."""
+        # Created here, not in __init__, because aiokafka binds to the running event loop.
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            await producer.start()
+        except BaseException as exc:
+            await producer.stop()
+            if isinstance(exc, KafkaError):
+                raise _broker_error("cannot connect the producer", exc) from exc
+            raise
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush pending records and disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(
+        self, topic: str, *, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Send one record and wait until the broker acknowledges it."""
+        if self._producer is None:
+            raise ClientStateError("KafkaRecordSender is not started")
+        try:
+            await self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers))
+        except KafkaError as exc:
+            raise PublishError(
+                f"{topic}: record not acknowledged: {exc}", retryable=bool(exc.retriable)
+            ) from exc
+
+
+class KafkaCompletionSource:
+    """Reads every partition of the completion topic without a consumer group.
+
+    No offsets are committed: each reader starts from `start_from` and sees the whole topic.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        start_from: StartFrom = StartFrom.BEGINNING,
+        **kafka_options: Any,
+    ) -> None:
+        self._topic = topic
+        self._start_from = start_from
+        self._options = {
+            **kafka_options,
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": None,
+            "enable_auto_commit": False,
+            # Only used when retention removed the next record: carry on from the oldest kept.
+            "auto_offset_reset": "earliest",
+        }
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        """Connect, take every partition of the topic and fix the start positions."""
+        # Subscribing without a group assigns every partition, and any added later.
+        consumer = AIOKafkaConsumer(self._topic, **self._options)
+        try:
+            await consumer.start()
+            await self._seek(consumer)
+        except BaseException as exc:
+            await consumer.stop()
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                raise BrokerError(f"topic {self._topic} does not exist", retryable=True) from exc
+            if isinstance(exc, KafkaError):
+                raise _broker_error(f"cannot read {self._topic}", exc) from exc
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def fetch(self, timeout: float) -> Sequence[bytes]:
+        """Values of the next records, waiting up to `timeout` seconds for some to arrive."""
+        if self._consumer is None:
+            raise ClientStateError("KafkaCompletionSource is not started")
+        try:
+            batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000))
+        except KafkaError as exc:
+            raise _broker_error(f"cannot read {self._topic}", exc) from exc
+        return [
+            record.value
+            for records in batches.values()
+            for record in records
+            if record.value is not None
+        ]
+
+    async def _seek(self, consumer: Any) -> None:
+        # Positions are fixed now, not at the first fetch, so that with `end` the events
+        # published between start() and the first wait are still seen. Each partition first
+        # settles at `auto_offset_reset`: a seek made before that would be overwritten.
+        try:
+            async with asyncio.timeout(_POSITION_TIMEOUT_S):
+                for partition in consumer.assignment():
+                    await consumer.position(partition)
+                if self._start_from is StartFrom.END and not await consumer.seek_to_end():
+                    raise TimeoutError
+        except TimeoutError:
+            raise BrokerError(f"no offsets for {self._topic} in time", retryable=True) from None

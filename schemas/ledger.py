@@ -1,0 +1,83 @@
+"""The ledger record: the full state of one idempotency key (internal, compacted topic).
+
+Each record replaces the previous one for its key, so it carries everything a new owner needs
+to resume the job after a crash or rebalance without paying for it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genrelay.schemas.completions import CompletionEvent, ErrorDetail
+
+
+class Phase(StrEnum):
+    """Where a key is in its life; transitions only move forward (see consumer.lifecycle)."""
+
+    SUBMITTING = "SUBMITTING"  # intent recorded; the POST may or may not have happened
+    SUBMITTED = "SUBMITTED"  # the provider accepted it and we hold its request_id
+    UNKNOWN = "UNKNOWN"  # the POST's outcome is ambiguous; reconcile, never re-post blindly
+    RESULT_READY = "RESULT_READY"  # the provider finished; its output is recorded here
+    STORED = "STORED"  # every output file is in the object store; the event is built
+    COMPLETED = "COMPLETED"  # succeeded and announced
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED, Phase.EXPIRED})
+
+
+class ProviderJob(BaseModel):
+    """The provider's handle on a submission; URLs are followed verbatim, never rebuilt."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    request_id: str
+    gateway_request_id: str | None = None
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+
+class LedgerRecord(BaseModel):
+    """The state of one key, written (and acknowledged) before each side effect it enables."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = 1
+    idempotency_key: str
+    phase: Phase
+    fingerprint: str
+    endpoint: str
+    request: dict[str, Any] = Field(description="the submit record as received")
+    attempts: int = Field(default=0, description="submit POSTs made for this key")
+    resubmissions: int = Field(
+        default=0, description="deliberate re-posts after an unresolved UNKNOWN"
+    )
+    job: ProviderJob | None = None
+    adopted: bool = Field(
+        default=False, description="request_id learnt from a webhook after UNKNOWN"
+    )
+    cancel_requested: bool = False
+    result: Any = None
+    result_refetches: int = 0
+    inference_seconds: float | None = None
+    cost_units: float | None = None
+    last_error: ErrorDetail | None = None
+    retry_at: datetime | None = None
+    event: CompletionEvent | None = None
+    published: bool = False
+    traceparent: str | None = None
+    accepted_at: datetime
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES

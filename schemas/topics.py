@@ -1,0 +1,29 @@
+"""Default topic names; each topic is keyed by idempotency key, dead letters by the original key."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of genrelay's topics; override any of them per deployment."""
+
+    requests: str = "genrelay.requests"
+    ledger: str = "genrelay.ledger"
+    webhooks: str = "genrelay.webhooks"
+    completions: str = "genrelay.completions"
+    progress: str = "genrelay.progress"
+    dead_letter: str = "genrelay.dead-letter"
+
+    def all(self) -> tuple[str, ...]:
+        """Every topic name, in the order a request flows through them."""
+        return (
+            self.requests,
+            self.ledger,
+            self.webhooks,
+            self.completions,
+            self.progress,
+            self.dead_letter,
+        )
+
+
+DEFAULT_TOPICS = Topics()

@@ -1,0 +1,267 @@
+"""The lifecycle of a key: one paid submission, one terminal outcome, whatever happens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genrelay.consumer import lifecycle as lc
+from genrelay.schemas.completions import Artifact, ErrorDetail
+from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
+
+KEY = "order-42/hero"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+JOB = ProviderJob(
+    request_id="req-1",
+    status_url="http://q/fal-ai/flux/requests/req-1/status",
+    response_url="http://q/fal-ai/flux/requests/req-1",
+    cancel_url="http://q/fal-ai/flux/requests/req-1/cancel",
+)
+SUBMIT = lc.SubmitCommand(
+    request={"idempotency_key": KEY, "endpoint": "fal-ai/flux/schnell", "input": {"prompt": "x"}},
+    fingerprint="f1",
+    endpoint="fal-ai/flux/schnell",
+)
+OUTPUT = {"images": [{"url": "http://cdn/x.png", "content_type": "image/png"}]}
+ERROR = ErrorDetail(type="runner_disconnected", message="boom", retryable=True)
+ARTIFACT = Artifact(
+    bucket="genrelay", key="k/0.png", size=3, sha256="a" * 64, content_type="image/png", etag="e"
+)
+
+
+def step(record: LedgerRecord | None, event: lc.Event) -> tuple[LedgerRecord | None, lc.Decision]:
+    decision = lc.decide(record, event, KEY, NOW)
+    return (decision.record or record), decision
+
+
+def submitted() -> LedgerRecord:
+    record, _ = step(None, SUBMIT)
+    record, _ = step(record, lc.Accepted(JOB))
+    assert record is not None
+    return record
+
+
+def test_first_record_records_intent_before_posting() -> None:
+    decision = lc.decide(None, SUBMIT, KEY, NOW)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.SUBMITTING
+    assert decision.record.attempts == 1
+    assert decision.effects == (lc.Post(),)
+
+
+def test_replayed_record_never_resubmits() -> None:
+    record, _ = step(None, SUBMIT)
+    for _ in range(3):
+        decision = lc.decide(record, SUBMIT, KEY, NOW)
+        assert decision.record is None
+        assert not any(isinstance(e, lc.Post | lc.PostLater) for e in decision.effects)
+
+
+def test_conflicting_fingerprint_is_dead_lettered_and_changes_nothing() -> None:
+    record = submitted()
+    other = lc.SubmitCommand(request={}, fingerprint="f2", endpoint="fal-ai/flux/schnell")
+    decision = lc.decide(record, other, KEY, NOW)
+    assert decision == lc.Decision(None, (lc.Conflict(),))
+
+
+def test_ambiguous_submit_becomes_unknown_and_is_adopted_by_webhook() -> None:
+    record, _ = step(None, SUBMIT)
+    record, decision = step(record, lc.Ambiguous(ERROR))
+    assert record is not None
+    assert record.phase is Phase.UNKNOWN
+    assert decision.effects == (lc.AwaitAdoption(),)
+    record, decision = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
+    assert record is not None
+    assert record.phase is Phase.RESULT_READY
+    assert record.adopted
+    assert record.job == JOB
+    assert decision.effects == (lc.StoreFiles(),)
+
+
+def test_restored_submitting_is_never_reposted() -> None:
+    record, _ = step(None, SUBMIT)
+    record, decision = step(record, lc.Restored())
+    assert record is not None
+    assert record.phase is Phase.UNKNOWN
+    assert decision.effects == (lc.AwaitAdoption(),)
+
+
+def test_unknown_nobody_adopted_fails_unless_resubmission_is_the_policy() -> None:
+    record, _ = step(None, SUBMIT)
+    record, _ = step(record, lc.Restored())
+    failed = lc.decide(record, lc.UnknownUnresolved(), KEY, NOW)
+    assert failed.record is not None
+    assert failed.record.phase is Phase.FAILED
+    assert failed.record.event is not None
+    assert failed.record.event.error is not None
+    assert failed.record.event.error.type == "submit_unknown"
+
+    policy = lc.Policy(resubmit_unknown=True)
+    again = lc.decide(record, lc.UnknownUnresolved(), KEY, NOW, policy)
+    assert again.record is not None
+    assert again.record.resubmissions == 1
+    assert again.effects == (lc.Post(),)
+
+
+def test_not_sent_is_retried_later_and_counts_the_attempt() -> None:
+    record, _ = step(None, SUBMIT)
+    record, decision = step(record, lc.NotSent(ERROR, retry_after=2.0))
+    assert record is not None
+    assert record.attempts == 2
+    assert decision.effects == (lc.PostLater(NOW + timedelta(seconds=2)),)
+    record, decision = step(record, lc.RetryDue())
+    assert record is not None
+    assert record.retry_at is None
+    assert decision.effects == (lc.Post(),)
+
+
+def test_crash_during_a_retried_post_never_reposts() -> None:
+    record, _ = step(None, SUBMIT)
+    record, _ = step(record, lc.NotSent(ERROR, retry_after=2.0))
+    record, _ = step(record, lc.RetryDue())  # the retry's POST starts, then the process dies
+    record, decision = step(record, lc.Restored())
+    assert record is not None
+    assert record.phase is Phase.UNKNOWN
+    assert decision.effects == (lc.AwaitAdoption(),)
+
+
+def test_success_is_announced_only_after_files_are_stored() -> None:
+    record = submitted()
+    record, decision = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert not any(isinstance(e, lc.Publish) for e in decision.effects)
+    record, decision = step(record, lc.FilesStored((ARTIFACT,), {"images": []}))
+    assert record is not None
+    assert record.phase is Phase.STORED
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.status == "succeeded"
+    assert publish.event.artifacts == [ARTIFACT]
+    record, _ = step(record, lc.Published())
+    assert record is not None
+    assert record.phase is Phase.COMPLETED
+
+
+def test_late_duplicate_gets_the_stored_event_replayed() -> None:
+    record = submitted()
+    record, _ = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    record, first = step(record, lc.FilesStored((ARTIFACT,), {}))
+    record, _ = step(record, lc.Published())
+    (replay,) = lc.decide(record, SUBMIT, KEY, NOW).effects
+    assert isinstance(replay, lc.Replay)
+    original = first.effects[0]
+    assert isinstance(original, lc.Publish)
+    assert replay.event.event_id == original.event.event_id
+    assert replay.event.replayed
+
+
+def test_news_about_another_request_is_ignored() -> None:
+    record = submitted()
+    decision = lc.decide(record, lc.News(request_id="someone-else", ok=True, payload={}), KEY, NOW)
+    assert decision == lc.NOTHING
+
+
+def test_cancel_before_the_provider_answered_cancels_once_it_does() -> None:
+    record, _ = step(None, SUBMIT)
+    record, _ = step(record, lc.CancelCommand())
+    record, decision = step(record, lc.Accepted(JOB))
+    assert lc.CancelAtProvider(JOB) in decision.effects
+    cancelled = ErrorDetail(type="client_cancelled", message="cancelled", retryable=False)
+    record, decision = step(record, lc.News(request_id="req-1", ok=False, error=cancelled))
+    assert record is not None
+    assert record.phase is Phase.CANCELLED
+
+
+# --- property: any interleaving ---------------------------------------------------------
+
+MOVES = st.lists(
+    st.sampled_from(
+        [
+            "record",
+            "post_ok",
+            "post_not_sent",
+            "post_ambiguous",
+            "post_refused",
+            "webhook",
+            "webhook_error",
+            "poll_done",
+            "crash",
+            "crash_mid_post",
+            "retry_due",
+            "unresolved",
+            "files",
+            "files_expired",
+            "result_gone",
+            "published",
+            "cancel",
+        ]
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(MOVES)
+def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
+    record: LedgerRecord | None = None
+    post_due = False  # a POST the relay would perform now
+    paid = 0  # POSTs the provider may have accepted
+    announced: set[tuple[str, str]] = set()
+
+    def apply(event: lc.Event) -> None:
+        nonlocal record, post_due
+        decision = lc.decide(record, event, KEY, NOW)
+        record = decision.record or record
+        for effect in decision.effects:
+            if isinstance(effect, lc.Post):
+                post_due = True
+            if isinstance(effect, lc.Publish | lc.Replay):
+                announced.add((effect.event.event_id, effect.event.status))
+
+    for move in moves:
+        if move == "record":
+            apply(SUBMIT)
+        elif move.startswith("post_") and post_due:
+            post_due = False
+            if move in ("post_ok", "post_ambiguous"):
+                paid += 1
+            outcome: lc.Event = {
+                "post_ok": lc.Accepted(JOB),
+                "post_not_sent": lc.NotSent(ERROR, 1.0),
+                "post_ambiguous": lc.Ambiguous(ERROR),
+                "post_refused": lc.Refused(ERROR),
+            }[move]
+            apply(outcome)
+        elif move == "webhook" and paid:
+            apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
+        elif move == "webhook_error" and paid:
+            apply(lc.News(request_id="req-1", ok=False, error=ERROR, job=JOB))
+        elif move == "poll_done" and record is not None and record.job is not None:
+            apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+        elif move == "crash":
+            post_due = False  # effects not yet performed are lost with the process
+            apply(lc.Restored())
+        elif move == "crash_mid_post" and post_due:
+            paid += 1  # the POST reached the provider, but its answer died with us
+            post_due = False
+            apply(lc.Restored())
+        elif move == "retry_due":
+            apply(lc.RetryDue())
+        elif move == "unresolved":
+            apply(lc.UnknownUnresolved())
+        elif move == "files":
+            apply(lc.FilesStored((ARTIFACT,), {}))
+        elif move == "files_expired":
+            apply(lc.FilesExpired(ERROR))
+        elif move == "result_gone":
+            apply(lc.ResultGone(ERROR))
+        elif move == "published":
+            apply(lc.Published())
+        elif move == "cancel":
+            apply(lc.CancelCommand())
+
+    assert paid <= 1
+    assert len(announced) <= 1, announced
+    if record is not None and record.terminal and record.event is not None:
+        assert announced <= {(record.event.event_id, record.event.status)}

@@ -1,0 +1,152 @@
+"""One suite for the object store: the in-memory fake always, a real MinIO when the stack runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError
+from genrelay.consumer.object_store import MemoryStore, MinioStore, ObjectStore, StoredObject
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
+KEY = "shop/order-42%2Fhero/0.png"
+
+
+@pytest.fixture(params=["memory", pytest.param("minio", marks=pytest.mark.integration)])
+def new_store(request: pytest.FixtureRequest) -> ObjectStore:
+    # Synchronous, so that the asynchronous `stack` fixture can be requested lazily from here.
+    if request.param == "memory":
+        return MemoryStore()
+    stack = request.getfixturevalue("stack")
+    return MinioStore(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=False,
+        max_workers=4,
+    )
+
+
+@pytest.fixture
+async def store(new_store: ObjectStore) -> AsyncIterator[ObjectStore]:
+    yield new_store
+    await new_store.aclose()
+
+
+@pytest.fixture
+async def bucket(store: ObjectStore) -> str:
+    name = f"genrelay-test-{uuid.uuid4().hex[:12]}"
+    await store.ensure_bucket(name)
+    return name
+
+
+async def put_png(store: ObjectStore, bucket: str, key: str = KEY) -> StoredObject:
+    return await store.put_file(
+        bucket, key, io.BytesIO(PNG), len(PNG), "image/png", {"sha256": PNG_SHA256}
+    )
+
+
+async def test_stored_file_reads_back_with_size_type_checksum_and_etag(
+    store: ObjectStore, bucket: str
+) -> None:
+    stored = await put_png(store, bucket)
+    assert stored == StoredObject(
+        bucket, KEY, len(PNG), PNG_SHA256, "image/png", hashlib.md5(PNG).hexdigest()
+    )
+    assert stored.uri == f"s3://{bucket}/{KEY}"
+    assert await store.stat(bucket, KEY) == stored
+    assert await store.get_bytes(bucket, KEY) == PNG
+
+
+async def test_checksum_is_stored_even_when_the_caller_claims_none(
+    store: ObjectStore, bucket: str
+) -> None:
+    await store.put_file(bucket, KEY, io.BytesIO(PNG), len(PNG), "image/png")
+    found = await store.stat(bucket, KEY)
+    assert found is not None
+    assert found.sha256 == PNG_SHA256
+
+
+async def test_a_retried_upload_overwrites_the_same_bytes(store: ObjectStore, bucket: str) -> None:
+    first = await put_png(store, bucket)
+    second = await put_png(store, bucket)
+    assert first == second
+    assert await store.get_bytes(bucket, KEY) == PNG
+
+
+async def test_content_not_matching_its_claimed_checksum_is_never_stored(
+    store: ObjectStore, bucket: str
+) -> None:
+    damaged = io.BytesIO(PNG[:-1] + b"\x00")
+    with pytest.raises(StoreError, match="SHA-256"):
+        await store.put_file(bucket, KEY, damaged, len(PNG), "image/png", {"sha256": PNG_SHA256})
+    assert await store.stat(bucket, KEY) is None
+
+
+async def test_a_file_shorter_than_its_size_is_refused(store: ObjectStore, bucket: str) -> None:
+    with pytest.raises(StoreError, match="holds"):
+        await store.put_file(bucket, KEY, io.BytesIO(PNG[:100]), len(PNG), "image/png")
+    assert await store.stat(bucket, KEY) is None
+
+
+async def test_upload_reads_from_the_files_current_position(
+    store: ObjectStore, bucket: str
+) -> None:
+    file = io.BytesIO(b"HEADER" + PNG)
+    file.seek(6)
+    stored = await store.put_file(bucket, KEY, file, len(PNG), "image/png")
+    assert stored.sha256 == PNG_SHA256
+    assert await store.get_bytes(bucket, KEY) == PNG
+
+
+async def test_missing_object_has_no_stat_and_no_bytes(store: ObjectStore, bucket: str) -> None:
+    assert await store.stat(bucket, "nothing/here.png") is None
+    with pytest.raises(ObjectMissing):
+        await store.get_bytes(bucket, "nothing/here.png")
+
+
+async def test_reading_from_a_missing_bucket_is_a_missing_object(store: ObjectStore) -> None:
+    absent = f"genrelay-absent-{uuid.uuid4().hex[:12]}"
+    assert await store.stat(absent, KEY) is None
+    with pytest.raises(ObjectMissing):
+        await store.get_bytes(absent, KEY)
+
+
+async def test_writing_to_a_missing_bucket_is_a_store_error(store: ObjectStore) -> None:
+    absent = f"genrelay-absent-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(StoreError) as caught:
+        await put_png(store, absent)
+    assert not isinstance(caught.value, ObjectMissing)
+
+
+async def test_ensuring_a_bucket_twice_is_harmless(store: ObjectStore, bucket: str) -> None:
+    await store.ensure_bucket(bucket)
+    await put_png(store, bucket)
+    await store.ensure_bucket(bucket)
+    assert await store.get_bytes(bucket, KEY) == PNG
+
+
+async def test_non_ascii_metadata_is_refused_as_s3_does(store: ObjectStore, bucket: str) -> None:
+    with pytest.raises(ValueError, match="ASCII"):
+        await store.put_file(
+            bucket, KEY, io.BytesIO(PNG), len(PNG), "image/png", {"idempotency-key": "ключ"}
+        )
+
+
+async def test_a_closed_store_refuses_work(store: ObjectStore, bucket: str) -> None:
+    await store.aclose()
+    await store.aclose()
+    with pytest.raises(ClosedError):
+        await store.stat(bucket, KEY)
+
+
+async def test_unreachable_minio_is_a_store_error() -> None:
+    unreachable = MinioStore("127.0.0.1:9", access_key="a", secret_key="s", secure=False)
+    async with unreachable as store:
+        with pytest.raises(StoreError):
+            await store.stat("bucket", KEY)
