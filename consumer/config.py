@@ -6,6 +6,8 @@ real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or re
 
 from __future__ import annotations
 
+import json
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     group_id: str = Field("genrelay", description="consumer group shared by all replicas")
     instance_id: str | None = Field(None, description="static group membership id (optional)")
+    session_timeout_ms: int = Field(
+        10_000, ge=6_000, description="how soon the group notices a dead replica"
+    )
     topic_requests: str = "genrelay.requests"
     topic_ledger: str = "genrelay.ledger"
     topic_webhooks: str = "genrelay.webhooks"
@@ -100,6 +105,20 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as `GENRELAY_*` variables, e.g. for a replica in a child process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list | dict | bool):
+                value = json.dumps(value)
+            env[f"GENRELAY_{name.upper()}"] = str(value)
+        return env
 
     @property
     def topics(self) -> Topics:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.errors import (
     ArtifactError,
@@ -309,6 +310,7 @@ class Jobs:
             await self._slots.acquire(record.endpoint, priority)
             actor.holds_slot = True
         self.counters["submits"] += 1
+        failpoints.reached("before_post")
         try:
             submission = await self._provider.submit(
                 record.endpoint,
@@ -316,6 +318,7 @@ class Jobs:
                 webhook_url=self._webhook_url(actor.key),
                 priority=Priority(record.request.get("priority") or "normal"),
             )
+            failpoints.reached("after_post")
         except NotSent as exc:
             delay = (
                 exc.retry_after if exc.retry_after is not None else self._backoff(record.attempts)
@@ -329,6 +332,7 @@ class Jobs:
             await self._apply(actor, lc.Refused(self._refusal(exc)))
         else:
             await self._apply(actor, lc.Accepted(to_job(submission)))
+            failpoints.reached("after_submitted")
 
     @staticmethod
     def _refusal(exc: ProviderError) -> ErrorDetail:

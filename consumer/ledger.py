@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RestoreStats:
-    partition: int
+    partitions: tuple[int, ...]
     records_read: int
     keys: int
     seconds: float
@@ -81,11 +81,11 @@ class Ledger:
         self._records.pop(key, None)
         self._partition_of.pop(key, None)
 
-    async def restore(self, partitions: Iterable[int]) -> list[RestoreStats]:
+    async def restore(self, partitions: Iterable[int]) -> RestoreStats:
         """Read the given ledger partitions from the beginning to their current end."""
         wanted = [TopicPartition(self.topic, p) for p in partitions]
         if not wanted:
-            return []
+            return RestoreStats((), 0, 0, 0.0)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=None,
@@ -96,38 +96,46 @@ class Ledger:
         await consumer.start()
         try:
             consumer.assign(wanted)
-            return [await self._restore_one(consumer, tp) for tp in wanted]
+            return await self._restore(consumer, wanted)
         finally:
             await consumer.stop()
 
-    async def _restore_one(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> RestoreStats:
+    async def _restore(
+        self, consumer: AIOKafkaConsumer, wanted: list[TopicPartition]
+    ) -> RestoreStats:
         started = time.monotonic()
-        end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
-        seen: dict[str, LedgerRecord | None] = {}
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(wanted)
+        await consumer.seek_to_beginning(*wanted)
+        seen: dict[str, tuple[int, LedgerRecord | None]] = {}
         read = 0
-        # Compaction leaves gaps, so the loop ends on the position, not on a last offset.
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
-            for message in batch.get(tp, []):
-                read += 1
-                if message.key is None or message.offset >= end:
-                    continue
-                key = message.key.decode()
-                value = message.value
-                seen[key] = None if value is None else LedgerRecord.model_validate_json(value)
-        for key, record in seen.items():
+        remaining = {tp for tp in wanted if ends[tp] > 0}
+        # Compaction leaves gaps, so a partition is done by its position, not by a last offset.
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=20_000)
+            for tp, messages in batch.items():
+                for message in messages:
+                    if message.key is None or message.offset >= ends[tp]:
+                        continue
+                    read += 1
+                    value = message.value
+                    record = None if value is None else LedgerRecord.model_validate_json(value)
+                    seen[message.key.decode()] = (tp.partition, record)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        for key, (partition, record) in seen.items():
             if record is None:
                 self._drop(key)
             else:
                 self._records[key] = record
-                self._partition_of[key] = tp.partition
+                self._partition_of[key] = partition
+        keys = sum(1 for _, record in seen.values() if record is not None)
         stats = RestoreStats(
-            tp.partition, read, sum(1 for r in seen.values() if r), time.monotonic() - started
+            tuple(tp.partition for tp in wanted), read, keys, time.monotonic() - started
         )
         log.info(
-            "ledger partition %d restored: %d keys from %d records in %.3f s",
-            stats.partition,
+            "ledger partitions %s restored: %d keys from %d records in %.3f s",
+            list(stats.partitions),
             stats.keys,
             stats.records_read,
             stats.seconds,

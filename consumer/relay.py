@@ -34,7 +34,7 @@ from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
 from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
 from genrelay.consumer.jobs import Jobs, Timing, to_job
-from genrelay.consumer.ledger import Ledger
+from genrelay.consumer.ledger import Ledger, RestoreStats
 from genrelay.consumer.object_store import MinioStore
 from genrelay.consumer.offsets import PartitionOffsets
 from genrelay.consumer.results import ResultFiles
@@ -126,6 +126,8 @@ class Relay:
         self._fatal: BaseException | None = None
         self._server: uvicorn.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[int, list[tuple[TopicPartition, Any, PartitionOffsets]]] = {}
+        self.last_restore: RestoreStats | None = None
         self.ready = asyncio.Event()
         self.http_port: int | None = None
 
@@ -164,6 +166,8 @@ class Relay:
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.settings.group_id,
             group_instance_id=self.settings.instance_id,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 5),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Range keeps partition p of requests and webhooks on the same member.
@@ -255,10 +259,13 @@ class Relay:
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
         fresh = mine - self._owned
-        await self.ledger.restore(sorted(fresh))
+        self.last_restore = await self.ledger.restore(sorted(fresh))
         self._owned |= fresh
         for partition in sorted(fresh):
             self.jobs.resume(partition)
+            # Records fetched while the ledger was being read are handled only now.
+            for held in self._held.pop(partition, []):
+                self._handle(*held)
         self.ready.set()
         log.info("assigned partitions %s (restored %s)", sorted(self._owned), sorted(fresh))
 
@@ -270,6 +277,8 @@ class Relay:
                 await self._commit(self._consumer)
         for tp in revoked:
             self._offsets.pop(tp, None)
+        for partition in gone:
+            self._held.pop(partition, None)
         self.ledger.release(gone)
         self._owned -= gone
 
@@ -286,6 +295,12 @@ class Relay:
             self._backpressure(consumer)
 
     def _handle(self, tp: TopicPartition, message: Any, tracker: PartitionOffsets) -> None:
+        keyed = tp.topic in (self.topics.requests, self.topics.webhooks)
+        if keyed and tp.partition not in self._owned:
+            # aiokafka may hand out records before the rebalance listener has finished:
+            # dispatching them before their ledger is restored could pay twice.
+            self._held.setdefault(tp.partition, []).append((tp, message, tracker))
+            return
         source = SourceRecord(
             tp.topic,
             tp.partition,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from genrelay.consumer import failpoints
 from genrelay.consumer.artifacts import (
     Downloader,
     FileRef,
@@ -49,6 +50,7 @@ class ResultFiles:
 
     async def _copy(self, ref: FileRef, bucket: str, prefix: str, key: str, n: int) -> Artifact:
         downloaded = await self._downloader.download(ref)
+        failpoints.reached("mid_download")
         try:
             name = object_key(
                 prefix, key, n, file_extension(downloaded.content_type, ref.file_name)

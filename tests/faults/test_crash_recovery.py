@@ -1,0 +1,92 @@
+"""kill -9 at every phase boundary: each key still ends once, and is paid for once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from genrelay.deploy.local.stack import StackInfo
+from genrelay.emulator.server import EmulatorServer
+from genrelay.emulator.settings import EmulatorSettings
+from tests.faults.processes import RelayProcess
+from tests.relay.harness import (
+    TopicReader,
+    completions_by_key,
+    produce,
+    relay_settings,
+    submit_record,
+)
+
+pytestmark = pytest.mark.integration
+
+JOBS = 12
+
+
+@pytest.fixture
+async def patient_emulator() -> AsyncIterator[EmulatorServer]:
+    # Webhooks keep retrying long enough to reach a relay that is restarting.
+    settings = EmulatorSettings(webhook_retries=60, webhook_backoff_max_ms=500.0)
+    async with EmulatorServer(settings) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("failpoint", "ambiguous"),
+    [
+        ("before_post:4", False),
+        ("after_post:4", True),
+        ("after_submitted:4", False),
+        ("mid_download:4", False),
+    ],
+)
+async def test_kill_at_phase_boundary_then_restart_pays_once(
+    stack: StackInfo,
+    patient_emulator: EmulatorServer,
+    tmp_path: Path,
+    failpoint: str,
+    ambiguous: bool,
+) -> None:
+    settings = relay_settings(
+        stack,
+        patient_emulator,
+        instance_id="relay-1",
+        resubmit_unknown=True,
+        unknown_grace_seconds=10.0,
+        poll_grace_seconds=2.0,
+    )
+    keys = [f"crash-{n}" for n in range(JOBS)]
+    first = RelayProcess(settings, tmp_path, failpoint=failpoint)
+    await first.start()
+    await produce(
+        stack.kafka_bootstrap,
+        settings.topic_requests,
+        [(k.encode(), submit_record(k, k)) for k in keys],
+    )
+    assert await first.exited() != 0  # the failpoint fired: SIGKILL
+
+    second = RelayProcess(settings, tmp_path)
+    await second.start()
+    try:
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: len(completions_by_key(rs)) == JOBS, timeout=90)
+    finally:
+        second.stop()
+
+    paid = Counter(s.input["prompt"] for s in patient_emulator.submissions())
+    assert paid == Counter({k: 1 for k in keys})
+    for key, events in completions_by_key(reader.records).items():
+        assert len({e["event_id"] for e in events}) == 1, key
+        assert events[0]["status"] == "succeeded", events[0]
+
+    async with TopicReader(stack.kafka_bootstrap, settings.topic_ledger) as ledger:
+        await ledger.until(lambda rs: len(rs) > 0)
+        await ledger.until(lambda rs: _adopted(rs) or not ambiguous, timeout=10)
+    assert _adopted(ledger.records) == ambiguous
+
+
+def _adopted(records: list[object]) -> bool:
+    return any(json.loads(r.value).get("adopted") for r in records if r.value)  # type: ignore[attr-defined]
