@@ -101,10 +101,16 @@ class Settings(BaseSettings):
     commit_interval_seconds: float = Field(1.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
-    @field_validator("fal_queue_url", "public_webhook_url")
+    @field_validator("fal_queue_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _queue_without_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("public_webhook_url")
+    @classmethod
+    def _webhook_without_slash(cls, value: str | None) -> str | None:
+        # A blank variable means polling only, like an unset one.
+        return value.rstrip("/") or None if value else None
 
     def to_env(self) -> dict[str, str]:
         """These settings as `GENRELAY_*` variables, e.g. for a replica in a child process."""

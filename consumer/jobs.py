@@ -294,7 +294,7 @@ class Jobs:
             return
         if due is _POLL_DUE and record.phase is Phase.SUBMITTED:
             await self._poll(actor, record)
-        elif due is _FETCH_DUE and record.phase is Phase.SUBMITTED:
+        elif due is _FETCH_DUE and record.phase in (Phase.SUBMITTED, Phase.RESULT_READY):
             await self._fetch(actor)
         elif due is _STORE_DUE and record.phase is Phase.RESULT_READY:
             await self._store(actor)
@@ -371,6 +371,14 @@ class Jobs:
             log.info("result fetch for %s failed, will retry: %s", actor.key, exc)
             self._schedule(actor, self._backoff(actor.polls), _FETCH_DUE)
             actor.polls += 1
+            return
+        if record.phase is Phase.RESULT_READY:
+            # A refetch for fresh file URLs; a failure now would contradict the first answer.
+            if outcome.ok:
+                await self._apply(actor, lc.Refetched(outcome.payload))
+            else:
+                error = ErrorDetail(type="output_expired", message="files gone", retryable=False)
+                await self._apply(actor, lc.ResultGone(error))
             return
         news = lc.News(
             request_id=record.job.request_id,

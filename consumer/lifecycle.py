@@ -102,6 +102,13 @@ class News:
 
 
 @dataclass(frozen=True)
+class Refetched:
+    """The result fetched again because its file URLs had expired."""
+
+    payload: Any
+
+
+@dataclass(frozen=True)
 class ResultGone:
     error: ErrorDetail
 
@@ -144,6 +151,7 @@ Event = (
     | RetryDue
     | Restored
     | News
+    | Refetched
     | ResultGone
     | FilesStored
     | FilesExpired
@@ -336,6 +344,8 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
                 return _finish(record, Phase.EXPIRED, "expired", error, now)
             refetch = record.result_refetches + 1
             return _change(record, now, result_refetches=refetch).then(FetchResult())
+        case Refetched(payload=payload) if record.phase is Phase.RESULT_READY:
+            return _change(record, now, result=payload).then(StoreFiles())
         case FilesRefused(error=error) if record.phase is Phase.RESULT_READY:
             return _finish(record, Phase.FAILED, "failed", error, now)
         case UnknownUnresolved() if record.phase is Phase.UNKNOWN:

@@ -32,6 +32,7 @@ from genrelay.consumer.artifacts import Downloader, DownloadPolicy
 from genrelay.consumer.config import Settings
 from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
+from genrelay.consumer.http_transport import pooled_client
 from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
 from genrelay.consumer.jobs import Jobs, Timing, to_job
 from genrelay.consumer.ledger import Ledger, RestoreStats
@@ -71,14 +72,15 @@ class Relay:
             acks="all",
             linger_ms=2,
         )
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        self._http = pooled_client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.provider = FalProvider(
             settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
         )
         self.ledger = Ledger(self._producer, settings.kafka_bootstrap, self.topics.ledger)
         self.publisher = KafkaPublisher(self._producer, self.topics)
         self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
-        self._downloader = Downloader(policy=self._download_policy())
+        self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
+        self._downloader = Downloader(self._download_http, policy=self._download_policy())
         self.store = MinioStore(
             settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value(),
@@ -211,6 +213,7 @@ class Relay:
             self._server.should_exit = True
         await self._producer.stop()
         await self._downloader.aclose()
+        await self._download_http.aclose()
         await self.provider.aclose()
         await self._http.aclose()
         await self.store.aclose()

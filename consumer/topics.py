@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,14 +23,30 @@ async def ensure_topics(settings: Settings) -> int:
     try:
         if settings.create_topics:
             await _create(admin, settings)
-        described = await admin.describe_topics([topics.requests, topics.ledger, topics.webhooks])
+        counts = await _partition_counts(admin, [topics.requests, topics.ledger, topics.webhooks])
     finally:
         await admin.close()
-    counts = {t["topic"]: len(t["partitions"]) for t in described}
-    if len(set(counts.values())) != 1 or 0 in counts.values():
+    missing = sorted(name for name, count in counts.items() if count == 0)
+    if missing:
+        raise TopicLayoutError(f"topics missing (create them, or set create_topics): {missing}")
+    if len(set(counts.values())) != 1:
         # Keyed co-partitioning is what lets one replica own every fact about a key.
         raise TopicLayoutError(f"requests, ledger and webhooks need equal partitions: {counts}")
     return next(iter(counts.values()))
+
+
+async def _partition_counts(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0
+) -> dict[str, int]:
+    # Just-created topics can be described before their partitions have leaders.
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+        complete = len(counts) == len(names) and 0 not in counts.values()
+        if complete or asyncio.get_running_loop().time() > deadline:
+            return {name: counts.get(name, 0) for name in names}
+        await asyncio.sleep(0.2)
 
 
 async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:

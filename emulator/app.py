@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from genrelay.emulator.control import control_routes
@@ -295,4 +295,7 @@ def _request_not_found() -> Response:
 
 def build_app(emulator: Emulator) -> Starlette:
     """The ASGI app serving `emulator`."""
-    return Starlette(routes=[*control_routes(emulator), *QueueApi(emulator).routes()])
+    # One Mount in front keeps the control API from costing the hot routes a regex each.
+    control = Mount("/_emulator", routes=control_routes(emulator))
+    routes: list[BaseRoute] = [control, *QueueApi(emulator).routes()]
+    return Starlette(routes=routes)

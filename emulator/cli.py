@@ -49,7 +49,7 @@ def settings_from(args: argparse.Namespace) -> EmulatorSettings:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = None if value.lower() in _NONE else value
-    return EmulatorSettings(**overrides)  # type: ignore[arg-type]
+    return EmulatorSettings.model_validate(overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

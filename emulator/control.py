@@ -67,19 +67,19 @@ class ControlApi:
         self.emulator = emulator
 
     def routes(self) -> list[Route]:
-        prefix = "/_emulator"
+        """Paths relative to the `/_emulator` mount."""
         return [
-            Route(f"{prefix}/config", self.get_config, methods=["GET"]),
-            Route(f"{prefix}/config", self.patch_config, methods=["PATCH"]),
-            Route(f"{prefix}/reset", self.reset, methods=["POST"]),
-            Route(f"{prefix}/faults", self.get_faults, methods=["GET"]),
-            Route(f"{prefix}/faults", self.arm_faults, methods=["POST"]),
-            Route(f"{prefix}/faults", self.disarm_faults, methods=["DELETE"]),
-            Route(f"{prefix}/keys/rotate", self.rotate_keys, methods=["POST"]),
-            Route(f"{prefix}/submissions", self.submissions, methods=["GET"]),
-            Route(f"{prefix}/stats", self.stats, methods=["GET"]),
-            Route(prefix + "/requests/{request_id}", self.describe, methods=["GET"]),
-            Route(f"{prefix}/health", self.health, methods=["GET"]),
+            Route("/config", self.get_config, methods=["GET"]),
+            Route("/config", self.patch_config, methods=["PATCH"]),
+            Route("/reset", self.reset, methods=["POST"]),
+            Route("/faults", self.get_faults, methods=["GET"]),
+            Route("/faults", self.arm_faults, methods=["POST"]),
+            Route("/faults", self.disarm_faults, methods=["DELETE"]),
+            Route("/keys/rotate", self.rotate_keys, methods=["POST"]),
+            Route("/submissions", self.submissions, methods=["GET"]),
+            Route("/stats", self.stats, methods=["GET"]),
+            Route("/requests/{request_id}", self.describe, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
         ]
 
     async def get_config(self, request: Request) -> Response:

@@ -107,7 +107,7 @@ class Emulator:
     async def __aenter__(self) -> Emulator:
         if self._state is not State.NEW:
             raise RuntimeError(f"emulator is {self._state.value}; create a new one")
-        await self.webhooks.__aenter__()
+        await self.webhooks.open()
         self._housekeeping.spawn(self._sweep_forever(), name="emulator sweeper")
         self._state = State.OPEN
         return self
@@ -116,22 +116,22 @@ class Emulator:
         await self.close()
 
     async def close(self) -> None:
-        """Stop jobs, then webhook deliveries, then housekeeping; idempotent."""
+        """Stop jobs, then webhook deliveries, then housekeeping, then the HTTP client; every
+        step runs even if an earlier one raised, and the first error is re-raised. Idempotent."""
         if self._state is State.CLOSED:
             return
         self._state = State.CLOSED
         self.drain()
         self.scheduler.stop()
-        try:
-            await self._job_tasks.close()
-        finally:
+        errors: list[Exception] = []
+        steps = (self._job_tasks, self._webhook_tasks, self._housekeeping, self.webhooks)
+        for step in steps:
             try:
-                await self._webhook_tasks.close()
-            finally:
-                try:
-                    await self._housekeeping.close()
-                finally:
-                    await self.webhooks.__aexit__()
+                await step.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def drain(self) -> None:
         """Tell status streams to finish, ahead of a shutdown."""

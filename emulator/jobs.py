@@ -33,6 +33,25 @@ class Priority(Enum):
     LOW = "low"
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One runner log line; formatted only when a client asks for logs."""
+
+    at: float
+    message: str
+    level: str = "INFO"
+
+    def as_json(self) -> dict[str, str]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.at))
+        millis = int(self.at % 1 * 1000)
+        return {
+            "message": self.message,
+            "level": self.level,
+            "source": "user",
+            "timestamp": f"{stamp}.{millis:03d}Z",
+        }
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One queue request. Mutated only by the scheduler, on the event loop."""
@@ -58,11 +77,10 @@ class Job:
     completed_at: float | None = None
     # Bumped on every visible change so status streams know when to send an event.
     version: int = 0
-    logs: list[dict[str, JSON]] = field(default_factory=list)
+    logs: list[LogEntry] = field(default_factory=list)
 
     def log(self, message: str, level: str = "INFO") -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
-        self.logs.append({"message": message, "level": level, "source": "user", "timestamp": stamp})
+        self.logs.append(LogEntry(time.time(), message, level))
 
 
 class Lane:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 # Images at or below this many pixels are cheap enough to render on the event loop.
 SMALL_IMAGE_PIXELS = 256 * 256
 _SHAPES = 6
+_SHAPE_BYTES = 8  # x0, x1, y0, y1, red, green, blue, kind
 _VIDEO_BYTES_PER_FRAME = 1024
 
 
@@ -93,22 +94,22 @@ def _render_png(spec: ImageSpec) -> bytes:
 
 
 def _draw(spec: ImageSpec, size: tuple[int, int]) -> Image.Image:
-    rng = random.Random(_digest("png", spec.prompt, spec.seed, spec.index))
+    # Every colour and coordinate comes straight from one digest: no RNG to seed per image.
+    noise = hashlib.blake2b(
+        f"png\x1f{spec.prompt}\x1f{spec.seed}\x1f{spec.index}".encode(), digest_size=64
+    ).digest()
     width, height = size
-    image = Image.new("RGB", size, _colour(rng))
+    image = Image.new("RGB", size, (noise[0], noise[1], noise[2]))
     draw = ImageDraw.Draw(image)
-    for _ in range(_SHAPES):
-        x0, x1 = sorted(rng.randrange(width + 1) for _ in range(2))
-        y0, y1 = sorted(rng.randrange(height + 1) for _ in range(2))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x0, y0, x1, y1), fill=_colour(rng))
+    for offset in range(3, 3 + _SHAPES * _SHAPE_BYTES, _SHAPE_BYTES):
+        a, b, c, d, red, green, blue, kind = noise[offset : offset + _SHAPE_BYTES]
+        x0, x1 = sorted((a * width // 255, b * width // 255))
+        y0, y1 = sorted((c * height // 255, d * height // 255))
+        shape = draw.ellipse if kind & 1 else draw.rectangle
+        shape((x0, y0, x1, y1), fill=(red, green, blue))
     if width >= 128 and height >= 32:
         draw.text((8, 8), spec.prompt[:48], fill=(255, 255, 255), font=_font())
     return image
-
-
-def _colour(rng: random.Random) -> tuple[int, int, int]:
-    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
 
 
 @lru_cache(maxsize=1)

@@ -90,7 +90,8 @@ class Scheduler:
         self._queues: dict[str, EndpointQueue] = {}
         # Sleeps of jobs between dispatch and completion, so cancel and timeouts can cut them.
         self._wakeups: dict[str, asyncio.Future[None]] = {}
-        self._start_timers: dict[str, asyncio.TimerHandle] = {}
+        # Supervised sleepers that enforce `X-Fal-Request-Timeout` while a job waits.
+        self._start_timers: dict[str, asyncio.Task[None]] = {}
         self._paused = False
 
     # -- submission and dispatch -------------------------------------------------------------
@@ -142,7 +143,6 @@ class Scheduler:
         try:
             await self._attempt(job, queue)
         finally:
-            self._wakeups.pop(job.request_id, None)
             queue.running -= 1
             queue.warm_until = time.monotonic() + self._deps.settings().cold_after_idle_s
             self._pump(queue)
@@ -206,9 +206,7 @@ class Scheduler:
         return settings.cold_start_ms / 1000
 
     def _start(self, job: Job) -> None:
-        timer = self._start_timers.pop(job.request_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._disarm_start_timer(job)
         job.phase = Phase.RUNNING
         job.started_at = time.time()
         job.log(f"Running (attempt {job.attempt}, gateway request {job.gateway_request_id})")
@@ -258,9 +256,7 @@ class Scheduler:
 
     def _complete(self, job: Job, outcome: Outcome) -> None:
         deps, settings = self._deps, self._deps.settings()
-        timer = self._start_timers.pop(job.request_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._disarm_start_timer(job)
         job.phase = Phase.COMPLETED
         job.outcome = outcome
         job.completed_at = time.time()
@@ -305,16 +301,18 @@ class Scheduler:
         return True
 
     def _arm_start_timer(self, job: Job) -> None:
-        assert job.start_deadline is not None
-        loop = asyncio.get_running_loop()
-        delay = job.start_deadline - time.monotonic()
-        handle = loop.call_later(max(delay, 0.0), self._start_deadline_passed, job)
-        old = self._start_timers.pop(job.request_id, None)
-        if old is not None:
-            old.cancel()
-        self._start_timers[job.request_id] = handle
+        self._disarm_start_timer(job)
+        timer = self._deps.tasks.spawn(self._start_deadline(job), name=f"deadline:{job.request_id}")
+        self._start_timers[job.request_id] = timer
 
-    def _start_deadline_passed(self, job: Job) -> None:
+    def _disarm_start_timer(self, job: Job) -> None:
+        timer = self._start_timers.pop(job.request_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _start_deadline(self, job: Job) -> None:
+        assert job.start_deadline is not None
+        await asyncio.sleep(max(job.start_deadline - time.monotonic(), 0.0))
         self._start_timers.pop(job.request_id, None)
         if job.phase is not Phase.QUEUED:
             return
@@ -350,8 +348,6 @@ class Scheduler:
         """Drop every queued and running job (reset)."""
         self._paused = True
         try:
-            for timer in self._start_timers.values():
-                timer.cancel()
             self._start_timers.clear()
             for queue in self._queues.values():
                 queue.normal.clear()
@@ -365,8 +361,6 @@ class Scheduler:
     def stop(self) -> None:
         """Stop dispatching; the owner cancels the running tasks."""
         self._paused = True
-        for timer in self._start_timers.values():
-            timer.cancel()
         self._start_timers.clear()
 
 

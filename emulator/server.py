@@ -78,6 +78,7 @@ class AsgiServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
             backlog=4096,
         )
@@ -142,8 +143,14 @@ class EmulatorServer:
 
     @property
     def base_url(self) -> str:
-        """What `fal_client.client.QUEUE_URL_FORMAT` should be, minus the trailing slash."""
+        """What `fal_client.client.QUEUE_URL_FORMAT` should be, minus the trailing slash;
+        `public_base_url` when set, else where it listens."""
         return self.emulator.base_url
+
+    @property
+    def listen_url(self) -> str:
+        """Where it actually listens (differs from `base_url` behind a proxy)."""
+        return self._http.base_url
 
     @property
     def jwks_url(self) -> str:

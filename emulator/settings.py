@@ -111,7 +111,7 @@ Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 
 # Fields that only take effect when the server starts; PATCHing them at runtime is refused.
-STARTUP_ONLY_FIELDS = frozenset({"host", "port", "public_base_url"})
+STARTUP_ONLY_FIELDS = frozenset({"host", "port", "public_base_url", "signing_seed_hex"})
 
 
 class EmulatorSettings(BaseSettings):

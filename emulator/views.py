@@ -36,7 +36,7 @@ def status_body(base_url: str, job: Job, position: int, with_logs: bool) -> dict
         "status": job.phase.value,
         "request_id": job.request_id,
         **request_urls(base_url, job),
-        "logs": list(job.logs) if with_logs else None,
+        "logs": [entry.as_json() for entry in job.logs] if with_logs else None,
     }
     if job.phase is Phase.QUEUED:
         body["queue_position"] = position
@@ -68,5 +68,5 @@ def describe(job: Job, position: int) -> dict[str, JSON]:
         "completed_at": job.completed_at,
         "result_status_code": None if outcome is None else outcome.status_code,
         "error_type": None if outcome is None else outcome.error_type,
-        "logs": list(job.logs),
+        "logs": [entry.as_json() for entry in job.logs],
     }

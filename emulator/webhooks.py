@@ -1,5 +1,8 @@
 """Webhook deliveries exactly as fal sends them (fal-api.md §5): body, signed headers, retries.
 
+One shared httpx client sends them, on the lean `StreamTransport` unless another transport
+is injected.
+
 Each delivery is a supervised task: optional delay, then POSTs until a 2xx or the retry budget
 is spent, re-signed per attempt so the timestamp stays fresh. Loss, duplication and delay come
 from the fault plan; a duplicate is the same body delivered again after the first.
@@ -20,6 +23,7 @@ from genrelay.emulator.outcomes import PAYLOAD_ERROR, Outcome, dumps
 from genrelay.emulator.settings import EmulatorSettings
 from genrelay.emulator.signing import Keyring
 from genrelay.emulator.supervisor import Supervisor
+from genrelay.emulator.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 JSON = Any
@@ -63,18 +67,18 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
         self._slots = asyncio.Semaphore(settings().webhook_concurrency)
 
-    async def __aenter__(self) -> WebhookSender:
+    async def open(self) -> None:
+        """Create the shared HTTP client."""
+        # In-flight deliveries are bounded by our semaphore, not by a pool that could time out.
         limit = self._settings().webhook_concurrency
         self._client = httpx.AsyncClient(
-            transport=self._transport,
+            transport=self._transport or StreamTransport(max_idle_per_host=limit),
             follow_redirects=False,
-            # Concurrency is bounded by our semaphore, so the pool itself never makes us wait.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=limit),
             headers={"User-Agent": "genrelay-emulator"},
         )
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def close(self) -> None:
+        """Close the HTTP client; deliveries must have been stopped first. Idempotent."""
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from genrelay.emulator.server import AsgiServer
+from genrelay.emulator.server import AsgiServer, EmulatorServer
 from genrelay.emulator.signing import public_key_from_jwk, verify
 
 KEY = "test-key"
@@ -72,6 +72,13 @@ async def completed(client: httpx.AsyncClient, handle: dict[str, Any]) -> dict[s
 
     status: dict[str, Any] = await eventually(done, what="completion")
     return status
+
+
+def view(fal: EmulatorServer, handle: dict[str, Any]) -> dict[str, Any]:
+    """The emulator's own description of a request (in process, no HTTP)."""
+    described = fal.emulator.describe(handle["request_id"])
+    assert described is not None
+    return described
 
 
 async def status_of(client: httpx.AsyncClient, handle: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from tests.emulator.helpers import (
     eventually,
     status_of,
     submit,
+    view,
 )
 
 HOLD = "fixed:60000"
@@ -115,11 +116,12 @@ async def test_unknown_request_or_wrong_app_is_404(client: httpx.AsyncClient) ->
 async def test_status_is_202_until_completed_then_200_with_metrics(
     fal: EmulatorServer, client: httpx.AsyncClient
 ) -> None:
+    fal.configure(run_latency=HOLD)
+    held = await submit(client)
+    running = await eventually(lambda: _status_if(client, held, "IN_PROGRESS"))
     fal.configure(run_latency="fixed:150")
-    handle = await submit(client)
 
-    running = await eventually(lambda: _status_if(client, handle, "IN_PROGRESS"))
-    done = await completed(client, handle)
+    done = await completed(client, await submit(client))
 
     assert running["logs"] is None
     assert "queue_position" not in running
@@ -235,7 +237,7 @@ async def test_cancel_queued_request_never_runs(
     assert result.status_code == 499
     assert result.json()["error_type"] == "client_cancelled"
     assert (await status_of(client, behind))["queue_position"] == 0
-    assert fal.emulator.describe(handle["request_id"])["started_at"] is None  # type: ignore[index]
+    assert view(fal, handle)["started_at"] is None
 
 
 async def test_cancel_completed_is_400_and_unknown_is_404(client: httpx.AsyncClient) -> None:
@@ -267,9 +269,9 @@ async def test_cancel_running_request_stops_it_when_the_runner_honours_it(
 async def test_cancel_running_request_may_still_complete(
     fal: EmulatorServer, client: httpx.AsyncClient
 ) -> None:
-    fal.configure(run_latency="fixed:200", runner_honours_cancel=False)
+    fal.configure(run_latency="fixed:1000", runner_honours_cancel=False)
     handle = await submit(client)
-    await eventually(lambda: _status_if(client, handle, "IN_PROGRESS"))
+    await eventually(lambda: view(fal, handle)["status"] == "IN_PROGRESS")
 
     assert (await client.put(handle["cancel_url"])).status_code == 202
     status = await completed(client, handle)
@@ -311,7 +313,7 @@ async def test_low_priority_waits_behind_normal_and_is_recorded(
     assert (low_position, normal_position) == (1, 0)
     assert (await status_of(client, low))["status"] == "IN_QUEUE"
     assert [s.priority for s in fal.submissions()] == ["normal", "low", "normal"]
-    assert fal.emulator.describe(low["request_id"])["priority"] == "low"  # type: ignore[index]
+    assert view(fal, low)["priority"] == "low"
 
 
 async def test_start_timeout_fails_a_request_that_never_started(

@@ -6,6 +6,7 @@ import hashlib
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from genrelay.emulator import EmulatorServer
 from genrelay.emulator.signing import (
@@ -39,11 +40,20 @@ def test_signature_matches_the_reference_vector() -> None:
 
 def test_reference_vector_verifies_from_its_jwk() -> None:
     public = public_key_from_jwk(SigningKey.from_seed(b"\x01" * 32).jwk())
-    fields = {"request_id": "req-1", "user_id": "user-1", "timestamp": "1700000000"}
 
-    assert verify([public], **fields, signature_hex=VECTOR_SIGNATURE, body=VECTOR_BODY)
-    assert not verify([public], **fields, signature_hex=VECTOR_SIGNATURE, body=VECTOR_BODY + b" ")
-    assert not verify([public], **fields, signature_hex="zz", body=VECTOR_BODY)
+    def check(signature: str, body: bytes) -> bool:
+        return verify(
+            [public],
+            request_id="req-1",
+            user_id="user-1",
+            timestamp="1700000000",
+            signature_hex=signature,
+            body=body,
+        )
+
+    assert check(VECTOR_SIGNATURE, VECTOR_BODY)
+    assert not check(VECTOR_SIGNATURE, VECTOR_BODY + b" ")
+    assert not check("zz", VECTOR_BODY)
 
 
 def test_jwk_is_okp_ed25519_without_key_id() -> None:
@@ -65,17 +75,20 @@ def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_listed() -> None:
     listed = [jwk["x"] for jwk in keyring.jwks()["keys"]]
     keys = [public_key_from_jwk(jwk) for jwk in keyring.jwks()["keys"]]
     old_only = [public_key_from_jwk(SigningKey.from_seed(b"\x01" * 32).jwk())]
-    fields = {
-        "request_id": "req-1",
-        "user_id": "user-1",
-        "timestamp": signature.timestamp,
-        "signature_hex": signature.signature,
-        "body": VECTOR_BODY,
-    }
+
+    def verifies(candidates: list[Ed25519PublicKey]) -> bool:
+        return verify(
+            candidates,
+            request_id=signature.request_id,
+            user_id=signature.user_id,
+            timestamp=signature.timestamp,
+            signature_hex=signature.signature,
+            body=VECTOR_BODY,
+        )
 
     assert listed == [keyring.active.x, old_x]
-    assert verify(keys, **fields)
-    assert not verify(old_only, **fields)
+    assert verifies(keys)
+    assert not verifies(old_only)
 
 
 def test_rotation_without_overlap_drops_old_keys() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -144,7 +148,7 @@ async def test_armed_duplicate_webhook_arrives_twice(
 async def test_delayed_webhook_arrives_after_a_later_one(
     fal: EmulatorServer, client: httpx.AsyncClient, receiver: WebhookReceiver
 ) -> None:
-    fal.arm(delay_webhooks=1, delay_webhooks_ms=300)
+    fal.arm(delay_webhooks=1, delay_webhooks_ms=800)
     early = await submit_with_hook(client, receiver.url())
     await completed(client, early)
     late = await submit_with_hook(client, receiver.url())
@@ -246,3 +250,58 @@ async def test_webhooks_after_rotation_verify_with_the_refreshed_jwks(
     assert not delivery.verifies_with(old_keys)
     assert delivery.verifies_with(new_keys)
     assert len(new_keys) == len(old_keys) + 1
+
+
+@asynccontextmanager
+async def slow_receiver(hold_s: float) -> AsyncIterator[tuple[str, list[int]]]:
+    """Answers every webhook after `hold_s`; records how many were in flight at once."""
+    in_flight = [0]
+    peaks: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                in_flight[0] += 1
+                peaks.append(in_flight[0])
+                await asyncio.sleep(hold_s)
+                in_flight[0] -= 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook", peaks
+    finally:
+        server.close()
+
+
+async def test_webhook_timeout_counts_as_a_failed_attempt(
+    fal: EmulatorServer, client: httpx.AsyncClient
+) -> None:
+    fal.configure(webhook_timeout_s=0.05, webhook_retries=1, webhook_backoff_ms=1)
+
+    async with slow_receiver(hold_s=0.5) as (url, _):
+        await submit_with_hook(client, url)
+        await eventually(lambda: fal.stats()["webhooks_failed"] == 1)
+
+    assert fal.stats()["webhook_attempts"] == 2
+
+
+async def test_webhook_concurrency_bounds_deliveries_in_flight(
+    fal: EmulatorServer, client: httpx.AsyncClient
+) -> None:
+    fal.configure(webhook_concurrency=1)
+
+    async with slow_receiver(hold_s=0.05) as (url, peaks):
+        for _ in range(3):
+            await submit_with_hook(client, url)
+        await eventually(lambda: fal.stats()["webhooks_delivered"] == 3)
+
+    assert peaks == [1, 1, 1]

@@ -12,6 +12,7 @@ import httpx
 
 from genrelay.consumer.config import Settings
 from genrelay.deploy.local.processes import ManagedProcess
+from tests.waiting import eventually
 
 
 class RelayProcess:
@@ -54,9 +55,9 @@ class RelayProcess:
 
     async def exited(self, timeout: float = 60.0) -> int:
         """Wait for the process to end by itself (a failpoint fired); returns its exit code."""
-        async with asyncio.timeout(timeout):
-            while (code := self.process.exit_code()) is None:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: self.process.exit_code() is not None, timeout=timeout)
+        code = self.process.exit_code()
+        assert code is not None
         return code
 
     def kill(self) -> None:

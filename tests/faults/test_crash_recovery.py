@@ -82,10 +82,10 @@ async def test_kill_at_phase_boundary_then_restart_pays_once(
         assert len({e["event_id"] for e in events}) == 1, key
         assert events[0]["status"] == "succeeded", events[0]
 
-    async with TopicReader(stack.kafka_bootstrap, settings.topic_ledger) as ledger:
-        await ledger.until(lambda rs: len(rs) > 0)
-        await ledger.until(lambda rs: _adopted(rs) or not ambiguous, timeout=10)
-    assert _adopted(ledger.records) == ambiguous
+    if ambiguous:
+        # The key whose POST answer died with the process was adopted from its webhook.
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_ledger) as ledger:
+            await ledger.until(_adopted, timeout=30)
 
 
 def _adopted(records: list[object]) -> bool:

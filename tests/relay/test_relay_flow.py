@@ -27,7 +27,7 @@ async def test_duplicates_never_pay_twice_and_files_match_minio(
     stack: StackInfo, emulator: EmulatorServer
 ) -> None:
     settings = relay_settings(stack, emulator)
-    keys = [f"job-{n}/hero" for n in range(300)]
+    keys = [f"job-{n}/hero" for n in range(1000)]
     records = [(k.encode(), submit_record(k, f"prompt {n}")) for n, k in enumerate(keys)]
     duplicates = random.Random(1).sample(records, k=len(records) // 5)
     async with running(settings):

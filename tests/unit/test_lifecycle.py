@@ -265,3 +265,23 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     assert len(announced) <= 1, announced
     if record is not None and record.terminal and record.event is not None:
         assert announced <= {(record.event.event_id, record.event.status)}
+
+
+def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
+    record = submitted()
+    record, _ = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    expired = ErrorDetail(type="output_expired", message="403", retryable=False)
+    for refetch in range(1, lc.Policy().max_result_refetches + 1):
+        record, decision = step(record, lc.FilesExpired(expired))
+        assert decision.effects == (lc.FetchResult(),)
+        record, decision = step(record, lc.Refetched(OUTPUT))
+        assert record is not None
+        assert record.result_refetches == refetch
+        assert decision.effects == (lc.StoreFiles(),)
+    record, decision = step(record, lc.FilesExpired(expired))
+    assert record is not None
+    assert record.phase is Phase.EXPIRED
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.status == "expired"
+    assert publish.event.artifacts == []

@@ -1,0 +1,273 @@
+"""The relay's metrics: OpenTelemetry instruments, exposed for Prometheus at `/metrics`.
+
+`RelayMetrics` owns a `MeterProvider` whose Prometheus reader renders into its own
+`prometheus_client` registry, served on the service's HTTP port (no second server, no
+process-wide registry, so several instances can live in one process). Counters and
+histograms are recorded through typed methods as things happen; gauges of live state (jobs
+by phase, in-flight, uncommitted offsets) are read from callbacks when Prometheus scrapes.
+
+Series, as Prometheus sees them (all `genrelay_`):
+
+    jobs{phase}                         in_flight, in_flight_per_endpoint{endpoint},
+    outcomes_total{status,endpoint}       in_flight_per_tenant{tenant}
+    submissions_total{endpoint}         submit_retries_total{endpoint}
+    ambiguous_submits_total{endpoint}   duplicates_suppressed_total, replays_total
+    resolutions_total{source}           dead_letters_total{reason}
+    queue_duration_seconds{endpoint}    run_duration_seconds{endpoint}      (histograms)
+    downloaded_bytes_total, download_duration_seconds, uploaded_bytes_total,
+    upload_duration_seconds             ledger_restore_duration_seconds    (histogram)
+    uncommitted_offsets{topic,partition}, oldest_in_flight_age_seconds{topic,partition}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+METRICS_PATH = "/metrics"
+
+
+def _seconds(*bounds: float) -> tuple[float, ...]:
+    # As floats, so bucket labels read le="30.0", the way prometheus_client writes its own.
+    return tuple(float(bound) for bound in bounds)
+
+
+# Jobs wait seconds in a queue and minutes on a cold start: fine buckets below a second, and
+# enough between 10 s and 10 min that a cold start stands apart from a slow run.
+JOB_SECONDS = _seconds(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600)
+TRANSFER_SECONDS = _seconds(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RESTORE_SECONDS = _seconds(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+TopicPartitionKey = tuple[str, int]
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+class Resolution(StrEnum):
+    """How the relay learnt that a job finished."""
+
+    WEBHOOK = "webhook"
+    POLL = "poll"
+
+
+@dataclass(frozen=True)
+class GaugeSources:
+    """Callbacks read at every scrape, on the event loop; a source left out is not exported.
+
+    They must be quick and must not block: they run inside the `/metrics` request.
+    """
+
+    jobs_by_phase: Callable[[], Mapping[str, int]] | None = None
+    in_flight: Callable[[], int] | None = None
+    in_flight_by_endpoint: Callable[[], Mapping[str, int]] | None = None
+    in_flight_by_tenant: Callable[[], Mapping[str, int]] | None = None
+    uncommitted_offsets: Callable[[], Mapping[TopicPartitionKey, int]] | None = None
+    oldest_in_flight_age: Callable[[], Mapping[TopicPartitionKey, float]] | None = None
+
+
+def _by(label: str, read: Callable[[], Mapping[str, int]]) -> _Callback:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {label: name}) for name, value in read().items()]
+
+    return observe
+
+
+def _per_partition(read: Callable[[], Mapping[TopicPartitionKey, float]]) -> _Callback:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(value, {"topic": topic, "partition": str(partition)})
+            for (topic, partition), value in read().items()
+        ]
+
+    return observe
+
+
+def _single(read: Callable[[], int]) -> _Callback:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    return observe
+
+
+class RelayMetrics:
+    """Every metric of one relay, and the `/metrics` route that exposes them."""
+
+    def __init__(
+        self, sources: GaugeSources | None = None, *, service_name: str = "genrelay"
+    ) -> None:
+        self.registry = CollectorRegistry()
+        # Scope labels would repeat `otel_scope_name="genrelay"` on every series.
+        reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
+        self._provider = MeterProvider(
+            resource=Resource.create({"service.name": service_name}), metric_readers=[reader]
+        )
+        self._closed = False
+        meter = self._provider.get_meter("genrelay")
+
+        self._outcomes = meter.create_counter(
+            "genrelay.outcomes", description="terminal outcomes published, by status"
+        )
+        self._submissions = meter.create_counter(
+            "genrelay.submissions", description="paid submissions posted to the provider"
+        )
+        self._submit_retries = meter.create_counter(
+            "genrelay.submit_retries", description="submits that provably never arrived, retried"
+        )
+        self._ambiguous = meter.create_counter(
+            "genrelay.ambiguous_submits", description="submits whose outcome became UNKNOWN"
+        )
+        self._duplicates = meter.create_counter(
+            "genrelay.duplicates_suppressed", description="records for a key already in hand"
+        )
+        self._replays = meter.create_counter(
+            "genrelay.replays", description="stored outcomes replayed to a late duplicate"
+        )
+        self._resolutions = meter.create_counter(
+            "genrelay.resolutions", description="jobs whose end was learnt, by source"
+        )
+        self._dead_letters = meter.create_counter(
+            "genrelay.dead_letters", description="records sent to the dead-letter topic"
+        )
+        self._queue_time = meter.create_histogram(
+            "genrelay.queue.duration",
+            unit="s",
+            description="time from acceptance until the provider started the job",
+            explicit_bucket_boundaries_advisory=JOB_SECONDS,
+        )
+        self._run_time = meter.create_histogram(
+            "genrelay.run.duration",
+            unit="s",
+            description="time the provider spent running the job",
+            explicit_bucket_boundaries_advisory=JOB_SECONDS,
+        )
+        self._download_bytes = meter.create_counter(
+            "genrelay.downloaded", unit="By", description="output bytes downloaded"
+        )
+        self._download_time = meter.create_histogram(
+            "genrelay.download.duration",
+            unit="s",
+            description="time to download one output file",
+            explicit_bucket_boundaries_advisory=TRANSFER_SECONDS,
+        )
+        self._upload_bytes = meter.create_counter(
+            "genrelay.uploaded", unit="By", description="output bytes written to the object store"
+        )
+        self._upload_time = meter.create_histogram(
+            "genrelay.upload.duration",
+            unit="s",
+            description="time to upload one output file",
+            explicit_bucket_boundaries_advisory=TRANSFER_SECONDS,
+        )
+        self._restore_time = meter.create_histogram(
+            "genrelay.ledger_restore.duration",
+            unit="s",
+            description="time to restore the ledger of newly assigned partitions",
+            explicit_bucket_boundaries_advisory=RESTORE_SECONDS,
+        )
+        self._observe(meter, sources or GaugeSources())
+
+    @staticmethod
+    def _observe(meter: Meter, sources: GaugeSources) -> None:
+        def gauge(name: str, description: str, callback: _Callback, unit: str = "") -> None:
+            meter.create_observable_gauge(
+                name, callbacks=[callback], unit=unit, description=description
+            )
+
+        if sources.jobs_by_phase is not None:
+            gauge("genrelay.jobs", "owned keys by phase", _by("phase", sources.jobs_by_phase))
+        if sources.in_flight is not None:
+            gauge("genrelay.in_flight", "jobs holding a slot", _single(sources.in_flight))
+        if sources.in_flight_by_endpoint is not None:
+            read = _by("endpoint", sources.in_flight_by_endpoint)
+            gauge("genrelay.in_flight_per_endpoint", "jobs holding a slot, by endpoint", read)
+        if sources.in_flight_by_tenant is not None:
+            read = _by("tenant", sources.in_flight_by_tenant)
+            gauge("genrelay.in_flight_per_tenant", "jobs holding a slot, by tenant", read)
+        if sources.uncommitted_offsets is not None:
+            read = _per_partition(sources.uncommitted_offsets)
+            help_ = "offsets between the commit point and the newest record taken"
+            gauge("genrelay.uncommitted_offsets", help_, read)
+        if sources.oldest_in_flight_age is not None:
+            read = _per_partition(sources.oldest_in_flight_age)
+            gauge("genrelay.oldest_in_flight_age", "age of the oldest unfinished record", read, "s")
+
+    # --- recording ------------------------------------------------------------------------
+
+    def outcome(self, status: str, endpoint: str) -> None:
+        """A terminal outcome was published (`succeeded`, `failed`, `cancelled`, `expired`)."""
+        self._outcomes.add(1, {"status": status, "endpoint": endpoint})
+
+    def submitted(self, endpoint: str) -> None:
+        """A paid submission is about to be posted."""
+        self._submissions.add(1, {"endpoint": endpoint})
+
+    def submit_retried(self, endpoint: str) -> None:
+        """A submit that never reached the provider is scheduled again."""
+        self._submit_retries.add(1, {"endpoint": endpoint})
+
+    def ambiguous_submit(self, endpoint: str) -> None:
+        """A submit may or may not have arrived; the key went UNKNOWN."""
+        self._ambiguous.add(1, {"endpoint": endpoint})
+
+    def duplicate_suppressed(self) -> None:
+        """A submit record for a key already known changed nothing."""
+        self._duplicates.add(1)
+
+    def replayed(self) -> None:
+        """A late duplicate got the stored completion event again."""
+        self._replays.add(1)
+
+    def resolved(self, source: Resolution) -> None:
+        """The end of a job was learnt from a webhook or a poll."""
+        self._resolutions.add(1, {"source": source.value})
+
+    def dead_lettered(self, reason: str) -> None:
+        """A record went to the dead-letter topic with this reason code."""
+        self._dead_letters.add(1, {"reason": reason})
+
+    def job_timings(self, endpoint: str, *, queued_seconds: float, run_seconds: float) -> None:
+        """How long a finished job waited in the provider's queue and how long it ran."""
+        self._queue_time.record(queued_seconds, {"endpoint": endpoint})
+        self._run_time.record(run_seconds, {"endpoint": endpoint})
+
+    def downloaded(self, size: int, seconds: float) -> None:
+        """One output file was downloaded."""
+        self._download_bytes.add(size)
+        self._download_time.record(seconds)
+
+    def uploaded(self, size: int, seconds: float) -> None:
+        """One output file was written to the object store."""
+        self._upload_bytes.add(size)
+        self._upload_time.record(seconds)
+
+    def ledger_restored(self, seconds: float) -> None:
+        """The ledger of newly assigned partitions was read back."""
+        self._restore_time.record(seconds)
+
+    # --- exposition -----------------------------------------------------------------------
+
+    def metrics_route(self, path: str = METRICS_PATH) -> Route:
+        """The Starlette route that serves the Prometheus exposition."""
+        return Route(path, self._render, methods=["GET"])
+
+    async def _render(self, request: Request) -> Response:
+        # An async endpoint on purpose: gauge callbacks read the relay's state, which only the
+        # event loop's thread may touch; a sync endpoint would run them in a worker thread.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), media_type=content_type)
+
+    def shutdown(self) -> None:
+        """Stop the provider and detach from the registry; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._provider.shutdown()

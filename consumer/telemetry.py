@@ -1,0 +1,218 @@
+"""Tracing: one trace per job, carried through Kafka headers and the ledger.
+
+A producer sends a record with a W3C `traceparent` header. The relay starts a
+`process {topic}` span for the job that *links* to the producer's span, and stores the job
+span's own `traceparent` in the ledger. Every later step (submit, webhook, poll, fetch,
+download, upload, publish, cancel) starts a child of that stored context, so the steps of a
+job that outlives the consumer callback, or the process itself, land in one trace:
+
+    producer span  <--link--  process genrelay.requests   (parent of every step)
+                                 |-- submit
+                                 |-- poll / webhook / fetch
+                                 |-- download, upload
+                                 '-- publish                (its headers carry this context on)
+
+With no exporter configured the provider samples nothing: spans still get valid ids (so
+trace ids reach the ledger and the logs) but nothing is recorded or exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanKind,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+TRACES_PATH = "/v1/traces"
+TRACEPARENT = "traceparent"
+
+# W3C trace context explicitly, not the global propagator: the header format is part of the
+# record contract, so a process-wide setting must not change what we read or write.
+_W3C = TraceContextTextMapPropagator()
+
+KafkaHeaders = Sequence[tuple[str, bytes | None]]
+
+
+class Step(StrEnum):
+    """The steps of a job that get their own span, named by what they do."""
+
+    SUBMIT = "submit"
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    FETCH = "fetch"
+    DOWNLOAD = "download"
+    UPLOAD = "upload"
+    PUBLISH = "publish"
+    CANCEL = "cancel"
+
+
+_STEP_KIND = {
+    Step.SUBMIT: SpanKind.CLIENT,
+    Step.WEBHOOK: SpanKind.CONSUMER,
+    Step.POLL: SpanKind.CLIENT,
+    Step.FETCH: SpanKind.CLIENT,
+    Step.DOWNLOAD: SpanKind.CLIENT,
+    Step.UPLOAD: SpanKind.CLIENT,
+    Step.PUBLISH: SpanKind.PRODUCER,
+    Step.CANCEL: SpanKind.CLIENT,
+}
+
+
+def setup_tracing(
+    service_name: str,
+    otlp_endpoint: str | None,
+    exporter: SpanExporter | None = None,
+) -> TracerProvider:
+    """A tracer provider for the service; call `shutdown()` on it at exit to flush spans.
+
+    `otlp_endpoint` is the collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`;
+    `/v1/traces` is appended unless present); spans go there in batches. `exporter` receives
+    every span synchronously as it ends (tests, in-process collectors). With neither, nothing
+    is sampled. The provider is returned, not installed globally, so a process (or a test)
+    can hold several.
+    """
+    # Off means off even under a sampled parent: a stored traceparent must not switch it on.
+    sampler = ALWAYS_OFF if otlp_endpoint is None and exporter is None else None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), sampler=sampler
+    )
+    if otlp_endpoint is not None:
+        url = otlp_endpoint.rstrip("/")
+        if not url.endswith(TRACES_PATH):
+            url += TRACES_PATH
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+class _HeaderGetter(Getter[KafkaHeaders]):
+    """Reads W3C fields from Kafka headers (a list of name/bytes pairs; names may repeat)."""
+
+    def get(self, carrier: KafkaHeaders, key: str) -> list[str] | None:
+        values = [
+            value.decode("utf-8", errors="replace")
+            for name, value in carrier
+            if name.lower() == key and value is not None
+        ]
+        return values or None
+
+    def keys(self, carrier: KafkaHeaders) -> list[str]:
+        return [name for name, _ in carrier]
+
+
+_HEADERS = _HeaderGetter()
+
+
+def extract_context(headers: KafkaHeaders) -> Context:
+    """The trace context a producer put in a record's headers (empty if it put none)."""
+    return _W3C.extract(headers, context=Context(), getter=_HEADERS)
+
+
+def inject_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers carrying `context` (default: the current one); empty without a span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=context)
+    return [(name, value.encode()) for name, value in carrier.items()]
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The span's context as a `traceparent` string, for the ledger; None for a no-op span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=set_span_in_context(span))
+    return carrier.get(TRACEPARENT)
+
+
+def context_from_traceparent(traceparent: str | None) -> Context:
+    """A context whose parent is the span a stored `traceparent` names (empty if unreadable)."""
+    if not traceparent:
+        return Context()
+    return _W3C.extract({TRACEPARENT: traceparent}, context=Context())
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex-digit trace id in a `traceparent` (for log lines), or None if unreadable."""
+    span_context = get_current_span(context_from_traceparent(traceparent)).get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+@contextmanager
+def job_span(
+    tracer: Tracer,
+    key: str,
+    *,
+    producer_traceparent: str | None,
+    job_traceparent: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    consumer_group: str,
+) -> Iterator[Span]:
+    """The current span while a request record is processed; store `traceparent_of(span)`.
+
+    The span links to the producer's context. A new job starts a new trace; a record for a key
+    whose trace context the ledger already holds (`job_traceparent`: a duplicate, or a record
+    redelivered after a restart) continues that trace as a child of the stored job span.
+    """
+    # A link, not a parent: a bulk producer sends thousands of records under one span, and
+    # parenting every job to it would fold them all into one unbounded trace.
+    producer = get_current_span(context_from_traceparent(producer_traceparent))
+    links = [Link(producer.get_span_context())] if producer.get_span_context().is_valid else []
+    attributes: dict[str, AttributeValue] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": topic,
+        "messaging.consumer.group.name": consumer_group,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.offset": offset,
+        "messaging.kafka.message.key": key,
+    }
+    with tracer.start_as_current_span(
+        f"process {topic}",
+        context=context_from_traceparent(job_traceparent),
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes=attributes,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def step_span(
+    tracer: Tracer,
+    step: Step,
+    parent_traceparent: str | None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Iterator[Span]:
+    """The current span while one step of a job runs, a child of the job's stored context.
+
+    The parent is always the stored `traceparent`, never whatever span happens to be current:
+    an actor task inherits the context it was created in, which may belong to another job. A
+    job with no stored context gets a root span. An exception escaping the block is recorded
+    on the span and marks it as an error.
+    """
+    with tracer.start_as_current_span(
+        step.value,
+        context=context_from_traceparent(parent_traceparent),
+        kind=_STEP_KIND[step],
+        attributes=attributes,
+    ) as span:
+        yield span

@@ -1,0 +1,177 @@
+"""The status page serves the relay's snapshot, and a real browser renders it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import struct
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+
+from genrelay.consumer.recent_outcomes import Outcome
+from genrelay.consumer.status_page import StatusSnapshot, status_routes
+
+FINISHED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+SNAPSHOT = StatusSnapshot(
+    ready=True,
+    partitions=(0, 3, 4),
+    in_flight=17,
+    by_phase={"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
+    by_endpoint={"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
+    rates={"succeeded": 2.5, "failed": 0.05},
+    completions=(Outcome("order-42/hero", "succeeded", "fal-ai/flux/schnell", FINISHED, 12_400),),
+    # A key is whatever a producer sent: the page must show it, never interpret it.
+    failures=(Outcome("order-43/<b>x</b>", "failed", "fal-ai/veo3", FINISHED, 3_100, "timeout"),),
+    instance="relay-1",
+    generated_at=FINISHED,
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def app() -> Starlette:
+    return Starlette(routes=status_routes(lambda: SNAPSHOT))
+
+
+async def get(path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+        return await client.get(path)
+
+
+async def test_status_json_reflects_the_snapshot() -> None:
+    response = await get("/status.json")
+
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json() == {
+        "ready": True,
+        "partitions": [0, 3, 4],
+        "in_flight": 17,
+        "by_phase": {"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
+        "by_endpoint": {"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
+        "rates": {"succeeded": 2.5, "failed": 0.05},
+        "completions": [
+            {
+                "idempotency_key": "order-42/hero",
+                "status": "succeeded",
+                "endpoint": "fal-ai/flux/schnell",
+                "finished_at": "2026-11-25T12:00:00+00:00",
+                "total_ms": 12_400,
+                "error": None,
+            }
+        ],
+        "failures": [
+            {
+                "idempotency_key": "order-43/<b>x</b>",
+                "status": "failed",
+                "endpoint": "fal-ai/veo3",
+                "finished_at": "2026-11-25T12:00:00+00:00",
+                "total_ms": 3_100,
+                "error": "timeout",
+            }
+        ],
+        "instance": "relay-1",
+        "generated_at": "2026-11-25T12:00:00+00:00",
+    }
+
+
+async def test_the_page_loads_nothing_from_elsewhere() -> None:
+    response = await get("/status")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert 'fetch("status.json"' in page
+    assert "<link" not in page
+    assert "src=" not in page
+    assert "http://" not in page
+    assert "https://" not in page
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    """The status routes on a real HTTP server on a free loopback port."""
+    config = uvicorn.Config(app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            assert not task.done(), "the server stopped during start"
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/status"
+    server.should_exit = True
+    await task
+
+
+async def chromium(tmp_path: Path, *args: str) -> bytes:
+    """Run headless Chromium once; returns its stdout."""
+    assert CHROMIUM is not None
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1200,800",
+        # Lets the page's fetch of /status.json answer and render before the capture.
+        "--virtual-time-budget=3000",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(90):
+            stdout, stderr = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    return stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+async def test_a_browser_renders_the_snapshot(server: str, tmp_path: Path) -> None:
+    screenshot = tmp_path / "status.png"
+
+    await chromium(tmp_path, f"--screenshot={screenshot}", server)
+    dom = (await chromium(tmp_path, "--dump-dom", server)).decode()
+
+    data = screenshot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    assert (width, height) == (1200, 800)
+    with Image.open(screenshot) as image:
+        image.verify()
+    with Image.open(screenshot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+
+    # The script ran: the shell's placeholders were replaced by the snapshot's values.
+    assert 'data-rendered="2026-11-25T12:00:00+00:00"' in dom
+    assert re.search(r'id="in-flight"[^>]*>17<', dom)
+    assert re.search(r'id="ready"[^>]*>ready<', dom)
+    assert re.search(r'id="partitions"[^>]*>0, 3, 4<', dom)
+    assert re.search(r"<td>SUBMITTED</td><td[^>]*>11</td>", dom)
+    assert re.search(r"<td>fal-ai/flux/schnell</td><td[^>]*>13</td>", dom)
+    assert re.search(r"<td>succeeded</td><td[^>]*>2.50</td>", dom)
+    assert "order-42/hero" in dom
+    assert "12.4 s" in dom
+    assert "order-43/&lt;b&gt;x&lt;/b&gt;" in dom
+    assert "<b>x</b>" not in dom
