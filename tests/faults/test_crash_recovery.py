@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from genrelay.deploy.local.replicas import RelayProcess
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings
-from tests.faults.processes import RelayProcess
 from tests.relay.harness import (
     TopicReader,
     completions_by_key,

@@ -1,4 +1,4 @@
-"""Relay replicas as real child processes, so tests can kill -9 them."""
+"""Relay replicas as child processes: for fault tests (kill -9), the benchmark and `chaos`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import httpx
 
 from genrelay.consumer.config import Settings
 from genrelay.deploy.local.processes import ManagedProcess
-from tests.waiting import eventually
 
 
 class RelayProcess:
@@ -55,10 +54,15 @@ class RelayProcess:
 
     async def exited(self, timeout: float = 60.0) -> int:
         """Wait for the process to end by itself (a failpoint fired); returns its exit code."""
-        await eventually(lambda: self.process.exit_code() is not None, timeout=timeout)
-        code = self.process.exit_code()
-        assert code is not None
+        async with asyncio.timeout(timeout):
+            while (code := self.process.exit_code()) is None:
+                # Polling is deliberate: the state belongs to another process.
+                await asyncio.sleep(0.05)
         return code
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
 
     def kill(self) -> None:
         self.process.kill()
