@@ -55,8 +55,8 @@ class RelayProcess:
     async def exited(self, timeout: float = 60.0) -> int:
         """Wait for the process to end by itself (a failpoint fired); returns its exit code."""
         async with asyncio.timeout(timeout):
-            while (code := self.process.exit_code()) is None:
-                # Polling is deliberate: the state belongs to another process.
+            # Polling is deliberate: the state belongs to another process.
+            while (code := self.process.exit_code()) is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         return code
 
