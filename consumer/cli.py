@@ -32,9 +32,15 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run_relay() -> int:
     from genrelay.consumer.config import Settings
+    from genrelay.consumer.logs import configure_logging
     from genrelay.consumer.relay import Relay
 
     settings = Settings()
+    secrets = [settings.fal_key, settings.webhook_secret, settings.s3_access_key]
+    secrets.append(settings.s3_secret_key)
+    configure_logging(
+        settings.log_level, json=settings.log_json, secrets=[s.get_secret_value() for s in secrets]
+    )
     async with Relay(settings) as relay:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command != "run":  # the service configures its own (JSON) logging
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "local":
         from genrelay.deploy.local.runner import run_local
 

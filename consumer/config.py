@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     )
     max_webhook_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
+    # Observability
+    service_name: str = Field("genrelay", description="service name on traces and metrics")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP base URL for traces (e.g. http://127.0.0.1:4318); unset: off"
+    )
+    log_level: str = Field("INFO", description="root log level")
+    log_json: bool = Field(True, description="JSON lines (else readable text)")
+
     # Object store
     s3_endpoint: str = Field("127.0.0.1:9000", description="S3 endpoint host:port")
     s3_access_key: SecretStr = SecretStr("")

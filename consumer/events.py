@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from genrelay.consumer.intake import SourceRecord
+from genrelay.consumer.metrics import RelayMetrics
 from genrelay.consumer.provider import JobState
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import CompletionEvent
@@ -23,10 +24,10 @@ from genrelay.schemas.topics import Topics
 class KafkaPublisher:
     """Produces genrelay's outgoing records and waits for each acknowledgement."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics, metrics: RelayMetrics) -> None:
         self._producer = producer
         self._topics = topics
-        self.dead_letters: dict[str, int] = {}
+        self._metrics = metrics
 
     async def completion(self, event: CompletionEvent) -> None:
         await self._producer.send_and_wait(
@@ -55,7 +56,7 @@ class KafkaPublisher:
             key=source.key,
             headers=[*source.headers, *info.to_headers()],
         )
-        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        self._metrics.dead_lettered(reason)
 
     async def conflict(self, source: SourceRecord) -> None:
         await self.dead_letter(

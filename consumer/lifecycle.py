@@ -99,6 +99,7 @@ class News:
     inference_seconds: float | None = None
     cost_units: float | None = None
     job: ProviderJob | None = None  # the provider's handle, when the news reveals the request
+    via: Literal["webhook", "poll"] = "poll"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ unfinished record would lose it on a crash, so the commit point is the first unf
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -15,18 +16,21 @@ class PartitionOffsets:
     """Offsets taken from one partition, in the order the consumer returned them."""
 
     _pending: deque[int] = field(default_factory=deque)
+    _taken_at: deque[float] = field(default_factory=deque)
     _finished: set[int] = field(default_factory=set)
     _next: int | None = None  # the offset to commit: everything before it is finished
 
     def taken(self, offset: int) -> None:
         """Record that `offset` was read and is now being handled."""
         self._pending.append(offset)
+        self._taken_at.append(time.monotonic())
 
     def finished(self, offset: int) -> None:
         """Record that `offset` is handled for good (state durable, or dead-lettered)."""
         self._finished.add(offset)
         while self._pending and self._pending[0] in self._finished:
             head = self._pending.popleft()
+            self._taken_at.popleft()
             self._finished.discard(head)
             self._next = head + 1
 
@@ -37,6 +41,10 @@ class PartitionOffsets:
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest unfinished record has been waiting (0 when none)."""
+        return time.monotonic() - self._taken_at[0] if self._taken_at else 0.0
 
     @property
     def span(self) -> int:

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
+from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,12 +35,17 @@ from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
 from genrelay.consumer.http_transport import pooled_client
 from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
-from genrelay.consumer.jobs import Jobs, Timing, to_job
+from genrelay.consumer.jobs import Jobs, Timing
 from genrelay.consumer.ledger import Ledger, RestoreStats
+from genrelay.consumer.metrics import GaugeSources, RelayMetrics, Resolution
 from genrelay.consumer.object_store import MinioStore
 from genrelay.consumer.offsets import PartitionOffsets
+from genrelay.consumer.recent_outcomes import RecentOutcomes
 from genrelay.consumer.results import ResultFiles
 from genrelay.consumer.slots import Slots
+from genrelay.consumer.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.steps import Observers, Steps, to_job
+from genrelay.consumer.telemetry import setup_tracing
 from genrelay.consumer.topics import ensure_topics
 from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
 from genrelay.consumer.webhook_signature import JwksCache, WebhookToken
@@ -63,7 +69,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class Relay:
     """`async with Relay(settings) as relay: await relay.run()` — one replica of genrelay."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, span_exporter: SpanExporter | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self._producer = AIOKafkaProducer(
@@ -77,7 +83,14 @@ class Relay:
             settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
         )
         self.ledger = Ledger(self._producer, settings.kafka_bootstrap, self.topics.ledger)
-        self.publisher = KafkaPublisher(self._producer, self.topics)
+        self.tracer_provider = setup_tracing(
+            settings.service_name, settings.otlp_endpoint, exporter=span_exporter
+        )
+        tracer = self.tracer_provider.get_tracer("genrelay")
+        self.metrics = RelayMetrics(self._gauges(), service_name=settings.service_name)
+        self.recent = RecentOutcomes()
+        observers = Observers(tracer=tracer, metrics=self.metrics, recent=self.recent)
+        self.publisher = KafkaPublisher(self._producer, self.topics, self.metrics)
         self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
         self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._downloader = Downloader(self._download_http, policy=self._download_policy())
@@ -90,23 +103,36 @@ class Relay:
             max_workers=settings.upload_threads,
         )
         files = ResultFiles(
-            self._downloader, self.store, bucket=settings.bucket, prefix=settings.prefix
+            self._downloader,
+            self.store,
+            bucket=settings.bucket,
+            prefix=settings.prefix,
+            tracer=tracer,
+            metrics=self.metrics,
         )
         secret = settings.webhook_secret.get_secret_value().encode()
         self._tokens = WebhookToken(secret) if secret else None
+        timing = Timing(
+            poll_grace=settings.poll_grace_seconds,
+            poll_max_interval=settings.poll_max_interval_seconds,
+            unknown_grace=settings.unknown_grace_seconds,
+        )
+        steps = Steps(
+            provider=self.provider,
+            files=files,
+            publisher=self.publisher,
+            webhook_url=self._webhook_url,
+            observers=observers,
+            backoff=lambda attempt: self.jobs.backoff(attempt),
+        )
         self.jobs = Jobs(
             ledger=self.ledger,
-            provider=self.provider,
+            steps=steps,
             slots=self.slots,
-            publisher=self.publisher,
-            files=files,
-            webhook_url=self._webhook_url,
+            observers=observers,
+            group_id=settings.group_id,
             policy=settings.policy,
-            timing=Timing(
-                poll_grace=settings.poll_grace_seconds,
-                poll_max_interval=settings.poll_max_interval_seconds,
-                unknown_grace=settings.unknown_grace_seconds,
-            ),
+            timing=timing,
             on_crash=self._crashed,
         )
         self.receiver = (
@@ -132,6 +158,35 @@ class Relay:
         self.last_restore: RestoreStats | None = None
         self.ready = asyncio.Event()
         self.http_port: int | None = None
+
+    def _gauges(self) -> GaugeSources:
+        # Read at scrape time, on the event loop's thread.
+        return GaugeSources(
+            jobs_by_phase=lambda: self.jobs.phases(),
+            in_flight=lambda: self.slots.used,
+            in_flight_by_endpoint=lambda: self.slots.by_endpoint(),
+            in_flight_by_tenant=lambda: self.jobs.by_tenant(),
+            uncommitted_offsets=lambda: {
+                (tp.topic, tp.partition): t.span for tp, t in self._offsets.items()
+            },
+            oldest_in_flight_age=lambda: {
+                (tp.topic, tp.partition): t.oldest_age() for tp, t in self._offsets.items()
+            },
+        )
+
+    def snapshot(self) -> StatusSnapshot:
+        """What the status page shows."""
+        return StatusSnapshot(
+            ready=self.ready.is_set() and not self._stopping.is_set(),
+            partitions=tuple(sorted(self._owned)),
+            in_flight=self.slots.used,
+            by_phase=self.jobs.phases(),
+            by_endpoint=self.slots.by_endpoint(),
+            rates=self.recent.rates(),
+            completions=self.recent.completions(),
+            failures=self.recent.failures(),
+            instance=self.settings.instance_id or "",
+        )
 
     def _download_policy(self) -> DownloadPolicy:
         s = self.settings
@@ -217,6 +272,8 @@ class Relay:
         await self.provider.aclose()
         await self._http.aclose()
         await self.store.aclose()
+        self.tracer_provider.shutdown()
+        self.metrics.shutdown()
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -224,6 +281,8 @@ class Relay:
         extra = [
             Route("/healthz", self._live),
             Route("/readyz", self._ready),
+            self.metrics.metrics_route(),
+            *status_routes(self.snapshot),
         ]
         routes_app = app(self.receiver, extra)
         config = uvicorn.Config(
@@ -232,6 +291,8 @@ class Relay:
             port=self.settings.http_port,
             log_level="warning",
             lifespan="off",
+            # Our logging handler formats uvicorn's records too (JSON, secrets redacted).
+            log_config=None,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -263,6 +324,8 @@ class Relay:
         mine = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
         fresh = mine - self._owned
         self.last_restore = await self.ledger.restore(sorted(fresh))
+        if fresh:
+            self.metrics.ledger_restored(self.last_restore.seconds)
         self._owned |= fresh
         for partition in sorted(fresh):
             self.jobs.resume(partition)
@@ -362,8 +425,10 @@ class Relay:
             payload=delivery.payload if usable else None,
             gateway_request_id=delivery.gateway_request_id,
             job=job,
+            via="webhook",
         )
-        self.jobs.counters["webhook_resolutions"] += 1
+        if record is not None and record.phase in lc.OPEN_PHASES:
+            self.metrics.resolved(Resolution.WEBHOOK)
         self.jobs.deliver(key, source.partition, news, on_done=finished)
 
     def _background(self, work: Coroutine[Any, Any, None], finished: Callable[[], None]) -> None:

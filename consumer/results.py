@@ -7,7 +7,11 @@ replaced in the result by its object-store reference.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import quote
+
+from opentelemetry.trace import Tracer
 
 from genrelay.consumer import failpoints
 from genrelay.consumer.artifacts import (
@@ -18,7 +22,9 @@ from genrelay.consumer.artifacts import (
     replace_files,
     walk_files,
 )
+from genrelay.consumer.metrics import RelayMetrics
 from genrelay.consumer.object_store import ObjectStore
+from genrelay.consumer.telemetry import Step, step_span
 from genrelay.schemas.completions import Artifact
 from genrelay.schemas.ledger import LedgerRecord
 
@@ -27,12 +33,21 @@ class ResultFiles:
     """The `FileStorer` the jobs use: downloader plus object store."""
 
     def __init__(
-        self, downloader: Downloader, store: ObjectStore, *, bucket: str, prefix: str
+        self,
+        downloader: Downloader,
+        store: ObjectStore,
+        *,
+        bucket: str,
+        prefix: str,
+        tracer: Tracer,
+        metrics: RelayMetrics,
     ) -> None:
         self._downloader = downloader
         self._store = store
         self._bucket = bucket
         self._prefix = prefix
+        self._tracer = tracer
+        self._metrics = metrics
 
     async def store(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]:
         """Store every file of `record.result`; returns the artifacts and the rewritten result."""
@@ -43,26 +58,34 @@ class ResultFiles:
         artifacts: list[Artifact] = []
         references: dict[Any, str] = {}
         for n, ref in enumerate(walk_files(record.result)):
-            artifact = await self._copy(ref, bucket, prefix, record.idempotency_key, n)
+            artifact = await self._copy(ref, bucket, prefix, record, n)
             artifacts.append(artifact)
             references[ref.path] = f"s3://{artifact.bucket}/{artifact.key}"
         return tuple(artifacts), replace_files(record.result, references)
 
-    async def _copy(self, ref: FileRef, bucket: str, prefix: str, key: str, n: int) -> Artifact:
-        downloaded = await self._downloader.download(ref)
+    async def _copy(
+        self, ref: FileRef, bucket: str, prefix: str, record: LedgerRecord, n: int
+    ) -> Artifact:
+        key = record.idempotency_key
+        started = time.perf_counter()
+        with step_span(self._tracer, Step.DOWNLOAD, record.traceparent):
+            downloaded = await self._downloader.download(ref)
+        self._metrics.downloaded(downloaded.size, time.perf_counter() - started)
         failpoints.reached("mid_download")
         try:
-            name = object_key(
-                prefix, key, n, file_extension(downloaded.content_type, ref.file_name)
-            )
-            stored = await self._store.put_file(
-                bucket,
-                name,
-                downloaded.file,
-                downloaded.size,
-                downloaded.content_type,
-                {"sha256": downloaded.sha256, "idempotency-key": key},
-            )
+            ext = file_extension(downloaded.content_type, ref.file_name)
+            started = time.perf_counter()
+            with step_span(self._tracer, Step.UPLOAD, record.traceparent):
+                stored = await self._store.put_file(
+                    bucket,
+                    object_key(prefix, key, n, ext),
+                    downloaded.file,
+                    downloaded.size,
+                    downloaded.content_type,
+                    # Object metadata must be ASCII: the key is stored percent-encoded.
+                    {"sha256": downloaded.sha256, "idempotency-key": quote(key, safe="")},
+                )
+            self._metrics.uploaded(downloaded.size, time.perf_counter() - started)
         finally:
             downloaded.close()
         return Artifact(

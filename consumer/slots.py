@@ -48,6 +48,9 @@ class Slots:
     def in_use(self, endpoint: str) -> int:
         return self._by_endpoint[endpoint]
 
+    def by_endpoint(self) -> dict[str, int]:
+        return dict(self._by_endpoint)
+
     async def acquire(self, endpoint: str, priority: Priority) -> None:
         """Wait for a slot; normal-priority waiters are served before low-priority ones."""
         if not self._waiters and self._free(endpoint):

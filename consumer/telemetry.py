@@ -167,12 +167,11 @@ def job_span(
 ) -> Iterator[Span]:
     """The current span while a request record is processed; store `traceparent_of(span)`.
 
-    The span links to the producer's context. A new job starts a new trace; a record for a key
-    whose trace context the ledger already holds (`job_traceparent`: a duplicate, or a record
-    redelivered after a restart) continues that trace as a child of the stored job span.
+    Each record is processed on its own, so, as the messaging conventions recommend for
+    single-message processing, the span is a child of the producer's context (and links to it):
+    the producer's trace runs through submit, webhook or poll, download, upload and publish. A
+    record for a key whose context the ledger already holds (`job_traceparent`) continues that.
     """
-    # A link, not a parent: a bulk producer sends thousands of records under one span, and
-    # parenting every job to it would fold them all into one unbounded trace.
     producer = get_current_span(context_from_traceparent(producer_traceparent))
     links = [Link(producer.get_span_context())] if producer.get_span_context().is_valid else []
     attributes: dict[str, AttributeValue] = {
@@ -187,7 +186,7 @@ def job_span(
     }
     with tracer.start_as_current_span(
         f"process {topic}",
-        context=context_from_traceparent(job_traceparent),
+        context=context_from_traceparent(job_traceparent or producer_traceparent),
         kind=SpanKind.CONSUMER,
         links=links,
         attributes=attributes,

@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from genrelay.consumer.config import Settings
 from genrelay.consumer.relay import Relay
@@ -65,9 +68,11 @@ class RunningRelay:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningRelay]:
+async def running(
+    settings: Settings, span_exporter: SpanExporter | None = None
+) -> AsyncIterator[RunningRelay]:
     """A relay consuming in the background until the block ends."""
-    async with Relay(settings) as relay:
+    async with Relay(settings, span_exporter=span_exporter) as relay:
         task = asyncio.get_running_loop().create_task(relay.run())
         running_relay = RunningRelay(relay, task)
         try:
@@ -131,6 +136,25 @@ class TopicReader:
                 for messages in batch.values():
                     self.records.extend(messages)
         return self.records
+
+
+async def scrape(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The relay's Prometheus metrics: (sample name, sorted labels) -> value."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{settings.http_port}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum of a metric's samples whose labels include `labels` (0 when absent)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 def completions_by_key(records: list[Any]) -> dict[str, list[dict[str, Any]]]:

@@ -16,9 +16,11 @@ from genrelay.emulator.settings import EmulatorSettings, LognormalLatency
 from tests.relay.harness import (
     TopicReader,
     completions_by_key,
+    metric,
     produce,
     relay_settings,
     running,
+    scrape,
     submit_record,
 )
 from tests.waiting import eventually
@@ -46,7 +48,7 @@ async def test_lost_duplicated_and_late_webhooks_still_complete_each_job_once(
         stack, unreliable_emulator, poll_grace_seconds=1.0, poll_max_interval_seconds=2.0
     )
     keys = [f"lossy-{n}" for n in range(int(os.environ.get("LOSSY_JOBS", "1000")))]
-    async with running(settings) as relay:
+    async with running(settings):
         await produce(
             stack.kafka_bootstrap,
             settings.topic_requests,
@@ -54,7 +56,7 @@ async def test_lost_duplicated_and_late_webhooks_still_complete_each_job_once(
         )
         async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
             await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys), timeout=240)
-        counters = dict(relay.relay.jobs.counters)
+        samples = await scrape(settings)
 
     stats = unreliable_emulator.stats()
     assert stats["submissions"] == len(keys)
@@ -62,8 +64,8 @@ async def test_lost_duplicated_and_late_webhooks_still_complete_each_job_once(
     assert {e[0]["status"] for e in events.values()} == {"succeeded"}
     assert all(len({e["event_id"] for e in evs}) == 1 for evs in events.values())
     # Both paths really were exercised.
-    assert counters["poll_resolutions"] > 0
-    assert counters["webhook_resolutions"] > 0
+    assert metric(samples, "genrelay_resolutions_total", source="poll") > 0
+    assert metric(samples, "genrelay_resolutions_total", source="webhook") > 0
 
 
 async def test_files_expiring_while_the_relay_is_down_end_expired_not_announced(

@@ -72,7 +72,7 @@ def by_name(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
     return matches[0]
 
 
-def test_job_span_links_to_the_producer_span_from_kafka_headers(
+def test_job_span_continues_the_producer_trace_from_kafka_headers(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     headers = produce(provider)
@@ -85,9 +85,10 @@ def test_job_span_links_to_the_producer_span_from_kafka_headers(
     assert job.kind is SpanKind.CONSUMER
     assert [link.context.span_id for link in job.links] == [producer.context.span_id]
     assert [link.context.trace_id for link in job.links] == [producer.context.trace_id]
-    # A link, not a parent: the job has a trace of its own.
-    assert job.parent is None
-    assert job.context.trace_id != producer.context.trace_id
+    # Single-message processing: a child of the producer's span, in the producer's trace.
+    assert job.parent is not None
+    assert job.parent.span_id == producer.context.span_id
+    assert job.context.trace_id == producer.context.trace_id
     assert dict(job.attributes or {}) == {
         "messaging.system": "kafka",
         "messaging.operation.name": "process",

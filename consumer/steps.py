@@ -1,0 +1,257 @@
+"""The steps a job takes in the outside world: submit, poll, fetch, store, publish, cancel.
+
+Each step talks to one dependency (the provider, the object store, Kafka), runs inside a
+trace span that is a child of the job's stored trace context, records its metrics, and
+translates what happened into the next lifecycle event. `Later` means "a transient failure:
+try this step again after a backoff". No step decides anything: `lifecycle` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry.trace import Tracer
+
+from genrelay.consumer import failpoints
+from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.errors import (
+    ArtifactError,
+    DownloadRefused,
+    GenrelayError,
+    MaybeSent,
+    NotFound,
+    NotSent,
+    ProviderError,
+    ResultExpired,
+    UrlExpired,
+)
+from genrelay.consumer.metrics import RelayMetrics, Resolution
+from genrelay.consumer.provider import (
+    ErrorInfo,
+    JobState,
+    JobStatus,
+    Priority,
+    Provider,
+    Submission,
+)
+from genrelay.consumer.recent_outcomes import RecentOutcomes
+from genrelay.consumer.telemetry import Step, step_span
+from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail
+from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where outcomes go (the completion, progress and dead-letter topics)."""
+
+    async def completion(self, event: CompletionEvent) -> None: ...
+
+    async def progress(
+        self, key: str, job: ProviderJob, state: JobState, position: int | None
+    ) -> None: ...
+
+    async def conflict(self, source: Any) -> None: ...
+
+
+class FileStorer(Protocol):
+    """Copies a result's output files into the object store."""
+
+    async def store(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]: ...
+
+
+@dataclass(frozen=True)
+class Later:
+    """A transient failure: run the same step again after a backoff."""
+
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class StillRunning:
+    """The provider has not finished the job; poll again later."""
+
+
+@dataclass(frozen=True)
+class Observers:
+    """Where the steps report: traces, metrics and the status page's recent outcomes."""
+
+    tracer: Tracer
+    metrics: RelayMetrics
+    recent: RecentOutcomes
+
+
+def to_job(submission: Submission) -> ProviderJob:
+    return ProviderJob(
+        request_id=submission.request_id,
+        gateway_request_id=submission.gateway_request_id,
+        status_url=submission.status_url,
+        response_url=submission.response_url,
+        cancel_url=submission.cancel_url,
+    )
+
+
+def to_submission(job: ProviderJob) -> Submission:
+    return Submission(
+        request_id=job.request_id,
+        gateway_request_id=job.gateway_request_id,
+        status_url=job.status_url,
+        response_url=job.response_url,
+        cancel_url=job.cancel_url,
+    )
+
+
+def error_detail(info: ErrorInfo) -> ErrorDetail:
+    return ErrorDetail(type=info.type, message=info.message, retryable=info.retryable)
+
+
+def _failure(exc: GenrelayError, kind: str) -> ErrorDetail:
+    return ErrorDetail(type=kind, message=str(exc), retryable=exc.retryable)
+
+
+def _priority(record: LedgerRecord) -> Priority:
+    return Priority(record.request.get("priority") or "normal")
+
+
+class Steps:
+    """Performs effects against the provider, the object store and Kafka."""
+
+    def __init__(
+        self,
+        *,
+        provider: Provider,
+        files: FileStorer,
+        publisher: Publisher,
+        webhook_url: Callable[[str], str | None],
+        observers: Observers,
+        backoff: Callable[[int], float],
+    ) -> None:
+        self._provider = provider
+        self._files = files
+        self._publisher = publisher
+        self._webhook_url = webhook_url
+        self._backoff = backoff
+        self._tracer = observers.tracer
+        self._metrics = observers.metrics
+        self._recent = observers.recent
+
+    async def submit(self, record: LedgerRecord) -> lc.Event:
+        """POST the submission once; the answer decides whether it may ever be posted again."""
+        self._metrics.submitted(record.endpoint)
+        failpoints.reached("before_post")
+        with step_span(self._tracer, Step.SUBMIT, record.traceparent):
+            try:
+                submission = await self._provider.submit(
+                    record.endpoint,
+                    record.request.get("input") or {},
+                    webhook_url=self._webhook_url(record.idempotency_key),
+                    priority=_priority(record),
+                )
+                failpoints.reached("after_post")
+            except NotSent as exc:
+                self._metrics.submit_retried(record.endpoint)
+                delay = exc.retry_after
+                if delay is None:
+                    delay = self._backoff(record.attempts)
+                return lc.NotSent(_failure(exc, "submit_not_sent"), delay)
+            except MaybeSent as exc:
+                self._metrics.ambiguous_submit(record.endpoint)
+                log.warning("ambiguous submit: %s", exc)
+                return lc.Ambiguous(_failure(exc, "submit_unknown"))
+            except ProviderError as exc:
+                kind = getattr(exc, "error_type", None) or "submit_rejected"
+                return lc.Refused(ErrorDetail(type=str(kind), message=str(exc), retryable=False))
+        return lc.Accepted(to_job(submission))
+
+    async def poll(self, record: LedgerRecord) -> lc.Event | StillRunning | Later | None:
+        """Ask where the job is; None means "it finished: fetch the result"."""
+        assert record.job is not None
+        with step_span(self._tracer, Step.POLL, record.traceparent):
+            try:
+                status = await self._provider.status(to_submission(record.job))
+            except NotFound as exc:
+                return lc.ResultGone(_failure(exc, "request_lost"))
+            except ProviderError as exc:
+                log.info("status poll failed, will retry: %s", exc)
+                return Later()
+        if status.state is JobState.COMPLETED:
+            self._metrics.resolved(Resolution.POLL)
+            return None
+        await self._progress(record, status)
+        return StillRunning()
+
+    async def _progress(self, record: LedgerRecord, status: JobStatus) -> None:
+        assert record.job is not None
+        key = record.idempotency_key
+        await self._publisher.progress(key, record.job, status.state, status.queue_position)
+
+    async def fetch(self, record: LedgerRecord) -> lc.Event | Later:
+        """GET the result; a refetch (for fresh file URLs) gives `Refetched`."""
+        assert record.job is not None
+        with step_span(self._tracer, Step.FETCH, record.traceparent):
+            try:
+                outcome = await self._provider.result(to_submission(record.job))
+            except ResultExpired as exc:
+                return lc.ResultGone(_failure(exc, "result_expired"))
+            except ProviderError as exc:
+                log.info("result fetch failed, will retry: %s", exc)
+                return Later()
+        if record.phase is Phase.RESULT_READY:
+            if outcome.ok:
+                return lc.Refetched(outcome.payload)
+            # The result now reads as a failure, contradicting the first answer: the files are
+            # what is missing, so the key expires rather than failing.
+            gone = ErrorDetail(type="output_expired", message="output files gone", retryable=False)
+            return lc.ResultGone(gone)
+        return lc.News(
+            request_id=record.job.request_id,
+            ok=outcome.ok,
+            payload=outcome.payload,
+            error=error_detail(outcome.error) if outcome.error else None,
+            cost_units=outcome.billable_units,
+        )
+
+    async def store(self, record: LedgerRecord) -> lc.Event | Later:
+        """Copy every output file into the object store."""
+        try:
+            artifacts, result = await self._files.store(record)
+        except UrlExpired as exc:
+            return lc.FilesExpired(_failure(exc, "output_expired"))
+        except DownloadRefused as exc:
+            return lc.FilesRefused(_failure(exc, "download_refused"))
+        except (ArtifactError, GenrelayError) as exc:
+            log.warning("storing files failed, will retry: %s", exc)
+            return Later()
+        return lc.FilesStored(artifacts, result)
+
+    async def publish(self, event: CompletionEvent, traceparent: str | None) -> None:
+        """Announce a key's outcome (acknowledged before the ledger says it was published)."""
+        with step_span(self._tracer, Step.PUBLISH, traceparent):
+            await self._publisher.completion(event)
+        self._metrics.outcome(event.status, event.endpoint)
+        self._recent.add(event)
+        if event.status == "succeeded":
+            timings = event.timings
+            self._metrics.job_timings(
+                event.endpoint,
+                queued_seconds=timings.queued_ms / 1000,
+                run_seconds=timings.running_ms / 1000,
+            )
+
+    async def replay(self, event: CompletionEvent) -> None:
+        self._metrics.replayed()
+        await self._publisher.completion(event)
+
+    async def conflict(self, source: Any) -> None:
+        await self._publisher.conflict(source)
+
+    async def cancel(self, record: LedgerRecord, job: ProviderJob) -> None:
+        with step_span(self._tracer, Step.CANCEL, record.traceparent):
+            try:
+                await self._provider.cancel(to_submission(job))
+            except ProviderError as exc:
+                # The outcome still arrives by webhook or poll; a failed cancel means it runs.
+                log.warning("cancel of %s failed: %s", job.request_id, exc)
