@@ -4,6 +4,7 @@ genrelay local       the whole embedded stack (Kafka, MinIO, emulator, relay) un
 genrelay run         one relay replica, configured by GENRELAY_* variables
 genrelay emulator    the fal-compatible queue emulator alone
 genrelay submit      put one request on Kafka (and with --wait, print its outcome)
+genrelay bulk …      submit a JSONL/CSV file, follow it, collect a manifest, cancel it
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     from genrelay.producers import submit_command
 
     submit_command.add_arguments(commands.add_parser("submit", help="submit one request"))
+    from genrelay.producers.bulk import cli as bulk_cli
+
+    bulk_cli.add_subcommands(commands)
     return parser
 
 
@@ -58,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command != "run":  # the service configures its own (JSON) logging
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        # Client commands show their own progress; library chatter only when it matters.
+        level = logging.INFO if args.command == "local" else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "local":
         from genrelay.deploy.local.runner import run_local
 
@@ -69,4 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from genrelay.producers import submit_command
 
         return submit_command.main(args)
+    if args.command == "bulk":
+        from genrelay.producers.bulk import cli as bulk_cli
+
+        return bulk_cli.main(args)
     raise AssertionError(f"unhandled command {args.command}")

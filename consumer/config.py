@@ -29,17 +29,19 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         10_000, ge=6_000, description="how soon the group notices a dead replica"
     )
-    topic_requests: str = "genrelay.requests"
-    topic_ledger: str = "genrelay.ledger"
-    topic_webhooks: str = "genrelay.webhooks"
-    topic_completions: str = "genrelay.completions"
-    topic_progress: str = "genrelay.progress"
-    topic_dead_letter: str = "genrelay.dead-letter"
+    topic_requests: str = Field("genrelay.requests", description="submit and cancel commands")
+    topic_ledger: str = Field("genrelay.ledger", description="per-key state (compacted)")
+    topic_webhooks: str = Field("genrelay.webhooks", description="verified webhook deliveries")
+    topic_completions: str = Field("genrelay.completions", description="one terminal event per key")
+    topic_progress: str = Field("genrelay.progress", description="queue position, started")
+    topic_dead_letter: str = Field(
+        "genrelay.dead-letter", description="refused records with reason headers"
+    )
     extra_input_topics: list[str] = Field(
         default_factory=list, description="further topics whose records are re-keyed into requests"
     )
     partitions: int = Field(6, ge=1, description="partition count when genrelay creates topics")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="replication when genrelay creates topics")
     create_topics: bool = Field(True, description="create missing topics at start")
 
     # Provider (fal)
@@ -51,14 +53,18 @@ class Settings(BaseSettings):
 
     # Webhook receiver
     http_host: str = Field("127.0.0.1", description="address the webhook receiver binds")
-    http_port: int = Field(8080, ge=0, le=65535)
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="webhooks, health, metrics and status page"
+    )
     public_webhook_url: str | None = Field(
         None, description="public base URL of the receiver; unset means polling only"
     )
     webhook_secret: SecretStr = Field(
         SecretStr(""), description="HMAC secret binding webhook URLs to keys"
     )
-    max_webhook_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_webhook_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="larger webhook bodies get 413"
+    )
 
     # Observability
     service_name: str = Field("genrelay", description="service name on traces and metrics")
@@ -70,9 +76,9 @@ class Settings(BaseSettings):
 
     # Object store
     s3_endpoint: str = Field("127.0.0.1:9000", description="S3 endpoint host:port")
-    s3_access_key: SecretStr = SecretStr("")
-    s3_secret_key: SecretStr = SecretStr("")
-    s3_secure: bool = False
+    s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+    s3_secure: bool = Field(False, description="use HTTPS for S3")
     s3_region: str = Field("us-east-1", description="S3 region (saves a location lookup)")
     bucket: str = Field("genrelay", description="bucket when a request names none")
     prefix: str = Field("", description="key prefix when a request names none")
@@ -86,19 +92,29 @@ class Settings(BaseSettings):
     allow_private_downloads: bool = Field(
         False, description="allow loopback/private addresses (the local emulator only)"
     )
-    max_download_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    max_download_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="larger output files are refused"
+    )
 
     # Limits
     max_in_flight: int = Field(1000, ge=1, description="jobs between submit and outcome")
-    max_in_flight_per_endpoint: int = Field(500, ge=1)
+    max_in_flight_per_endpoint: int = Field(500, ge=1, description="the same, per endpoint")
     max_buffered_records: int = Field(5000, ge=1, description="records waiting for a slot")
-    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1)
-    max_record_bytes: int = Field(1024 * 1024, ge=256)
-    max_submit_attempts: int = Field(8, ge=1)
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="record bytes read but not yet durable"
+    )
+    max_record_bytes: int = Field(
+        1024 * 1024, ge=256, description="larger request records are dead-lettered"
+    )
+    max_submit_attempts: int = Field(
+        8, ge=1, description="POSTs per key that provably never arrived, then failed"
+    )
 
     # Timing
     poll_grace_seconds: float = Field(30.0, ge=0, description="wait for a webhook before polling")
-    poll_max_interval_seconds: float = Field(30.0, gt=0)
+    poll_max_interval_seconds: float = Field(
+        30.0, gt=0, description="longest pause between two polls of a job"
+    )
     unknown_grace_seconds: float = Field(
         600.0, ge=0, description="how long an ambiguous submit waits for a webhook"
     )
@@ -106,8 +122,10 @@ class Settings(BaseSettings):
         False, description="re-post an ambiguous submit nobody adopted (may pay twice)"
     )
     dedup_window_days: float = Field(7.0, gt=0, description="how long a key is remembered")
-    commit_interval_seconds: float = Field(1.0, gt=0)
-    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    commit_interval_seconds: float = Field(1.0, gt=0, description="how often offsets commit")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="SIGTERM: time for running steps to finish"
+    )
 
     @field_validator("fal_queue_url")
     @classmethod
@@ -133,6 +151,21 @@ class Settings(BaseSettings):
                 value = json.dumps(value)
             env[f"GENRELAY_{name.upper()}"] = str(value)
         return env
+
+    @classmethod
+    def reference(cls) -> str:
+        """Every setting as a markdown table (variable, default, meaning): the README's."""
+        rows = ["| variable | default | meaning |", "|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                shown = "(secret)"
+            elif default is None:
+                shown = "unset"
+            else:
+                shown = f"`{json.dumps(default) if isinstance(default, list | bool) else default}`"
+            rows.append(f"| `GENRELAY_{name.upper()}` | {shown} | {field.description} |")
+        return "\n".join(rows)
 
     @property
     def topics(self) -> Topics:

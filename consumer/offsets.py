@@ -17,17 +17,22 @@ class PartitionOffsets:
 
     _pending: deque[int] = field(default_factory=deque)
     _taken_at: deque[float] = field(default_factory=deque)
+    _sizes: dict[int, int] = field(default_factory=dict)
+    buffered_bytes: int = 0
     _finished: set[int] = field(default_factory=set)
     _next: int | None = None  # the offset to commit: everything before it is finished
 
-    def taken(self, offset: int) -> None:
-        """Record that `offset` was read and is now being handled."""
+    def taken(self, offset: int, size: int = 0) -> None:
+        """Record that `offset` (of `size` bytes) was read and is now being handled."""
         self._pending.append(offset)
+        self._sizes[offset] = size
+        self.buffered_bytes += size
         self._taken_at.append(time.monotonic())
 
     def finished(self, offset: int) -> None:
         """Record that `offset` is handled for good (state durable, or dead-lettered)."""
         self._finished.add(offset)
+        self.buffered_bytes -= self._sizes.pop(offset, 0)
         while self._pending and self._pending[0] in self._finished:
             head = self._pending.popleft()
             self._taken_at.popleft()

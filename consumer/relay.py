@@ -356,7 +356,7 @@ class Relay:
             for tp, messages in batch.items():
                 tracker = self._offsets.setdefault(tp, PartitionOffsets())
                 for message in messages:
-                    tracker.taken(message.offset)
+                    tracker.taken(message.offset, len(message.value or b""))
                     self._handle(tp, message, tracker)
             self._backpressure(consumer)
 
@@ -446,15 +446,21 @@ class Relay:
             self._crashed(exc)
 
     def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
-        waiting = sum(
-            t.in_flight for tp, t in self._offsets.items() if tp.topic != self.topics.webhooks
-        )
-        limit = self.settings.max_buffered_records
+        # Input partitions pause while too many records (or bytes) are read but not yet
+        # durable, and resume at half; the poll loop keeps running either way (heartbeats,
+        # webhooks). Webhook records are small and settle jobs, so they are never paused.
         inputs = [tp for tp in consumer.assignment() if tp.topic != self.topics.webhooks]
-        if not self._paused and waiting >= limit:
+        trackers = [self._offsets[tp] for tp in inputs if tp in self._offsets]
+        records = sum(t.in_flight for t in trackers)
+        size = sum(t.buffered_bytes for t in trackers)
+        full = records >= self.settings.max_buffered_records
+        full = full or size >= self.settings.max_buffered_bytes
+        drained = records < self.settings.max_buffered_records // 2
+        drained = drained and size < self.settings.max_buffered_bytes // 2
+        if not self._paused and full:
             consumer.pause(*inputs)
             self._paused = True
-        elif self._paused and waiting < limit // 2:
+        elif self._paused and drained:
             consumer.resume(*inputs)
             self._paused = False
 

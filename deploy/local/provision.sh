@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provisions the local stack's servers into a cache outside the repository:
 #   - Apache Kafka broker jars, resolved from Maven Central with mvn (kafka/pom.xml);
-#   - MinIO server, built from source with `go install` at a pinned commit.
+#   - MinIO server, built from source with `go install` at a pinned commit;
+#   - Toxiproxy server (network faults for `genrelay chaos`), built with `go install` likewise.
 # A second run finds both in the cache, does no network work and says so.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ cache=${GENRELAY_CACHE:-$HOME/.cache/genrelay}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
 # MinIO publishes no semver tags; this pseudo-version is the last commit of the community edition.
 minio_ref=${GENRELAY_MINIO_REF:-v0.0.0-20260212201848-7aac2a2c5b7c}
+# The Go proxy's version list stops at v2.5.0, so `@latest` would be years old: pin exactly.
+toxiproxy_ref=${GENRELAY_TOXIPROXY_REF:-v2.12.0}
 maven_dependency_plugin=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 log() { printf 'provision: %s\n' "$*" >&2; }
@@ -66,6 +69,29 @@ provision_minio() {
   log "minio $minio_ref: built $bin"
 }
 
+provision_toxiproxy() {
+  local bin="$cache/bin/toxiproxy-server"
+  local stamp="$cache/bin/toxiproxy-server.ref"
+  if [[ -x $bin && -f $stamp && $(cat "$stamp") == "$toxiproxy_ref" ]]; then
+    log "toxiproxy $toxiproxy_ref: cached at $bin (no network work)"
+    return
+  fi
+  need go "Toxiproxy is built from source with go install"
+  log "toxiproxy $toxiproxy_ref: building with go install"
+  # The package is cmd/server, so go install names the binary `server`: build it into a
+  # scratch GOBIN and keep it under a name that says what it is.
+  local gomod="$cache/go/mod" gobuild="$cache/go/build" gobin="$cache/go/toxiproxy-bin"
+  mkdir -p "$cache/bin" "$gobin"
+  CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-modcacherw GOMODCACHE="$gomod" GOCACHE="$gobuild" \
+    GOBIN="$gobin" go install -trimpath -ldflags "-s -w" \
+    "github.com/Shopify/toxiproxy/v2/cmd/server@$toxiproxy_ref"
+  mv -f "$gobin/server" "$bin"
+  printf '%s' "$toxiproxy_ref" >"$stamp"
+  rm -rf "$gomod" "$gobuild" "$gobin"
+  log "toxiproxy $toxiproxy_ref: built $bin"
+}
+
 mkdir -p "$cache"
 provision_kafka
 provision_minio
+provision_toxiproxy

@@ -98,6 +98,18 @@ def _kraft_properties(port: int, controller_port: int, data_dir: Path) -> dict[s
     }
 
 
+def _cluster_id() -> str:
+    """A 22-character URL-safe id, as `kafka-storage random-uuid` prints.
+
+    Like Kafka's own generator, it never starts with "-": the storage tool would read such an
+    id as an option and refuse to format.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not candidate.startswith("-"):
+            return candidate
+
+
 class KafkaNode:
     """A single-node Kafka (combined broker and controller, KRaft) as a child process."""
 
@@ -144,8 +156,7 @@ class KafkaNode:
         ]
 
     def _format(self) -> None:
-        # A 22-character URL-safe id, as `kafka-storage random-uuid` prints.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         fmt = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
@@ -156,12 +167,17 @@ class KafkaNode:
             )
 
     async def start(self, timeout: float = 90.0) -> None:
+        """Start the node; after `stop()`, start it again on the same ports and data."""
         if not self.libs.is_dir():
             raise StackStartError(
                 f"Kafka jars missing in {self.libs}; run deploy/local/provision.sh first"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._format)
+        if _started_before(self.process):
+            # A restart keeps the formatted log dirs: a new cluster id would orphan the data.
+            self.process = _again(self.process)
+        else:
+            await asyncio.to_thread(self._format)
         self.process.start()
         await _wait_ready(self.process, self._metadata_ok, timeout)
 
@@ -184,6 +200,7 @@ class KafkaNode:
             await admin.close()
 
     def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL); `start()` brings it back."""
         self.process.stop()
 
 
@@ -224,11 +241,14 @@ class MinioNode:
         return f"127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 60.0) -> None:
+        """Start the server; after `stop()`, start it again on the same port and data."""
         if not self.binary.is_file():
             raise StackStartError(
                 f"MinIO binary missing at {self.binary}; run deploy/local/provision.sh first"
             )
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        if _started_before(self.process):
+            self.process = _again(self.process)
         self.process.start()
         await _wait_ready(self.process, self._healthy, timeout)
 
@@ -242,7 +262,23 @@ class MinioNode:
             return False
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); `start()` brings it back."""
         self.process.stop()
+
+
+def _started_before(process: ManagedProcess) -> bool:
+    if process.pid is None:
+        return False
+    if process.exit_code() is None:
+        raise RuntimeError(f"{process.name} is already running")
+    return True
+
+
+def _again(process: ManagedProcess) -> ManagedProcess:
+    # A ManagedProcess runs once; the same command line and log make the next run.
+    return ManagedProcess(
+        process.name, process.argv, process.log_path, env=process.env, cwd=process.cwd
+    )
 
 
 async def _wait_ready(

@@ -147,3 +147,10 @@ def test_wheel_carries_every_part(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout.strip().startswith(str(wheel))
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    from genrelay.deploy.local.stack import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
