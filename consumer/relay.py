@@ -33,6 +33,7 @@ from genrelay.consumer.artifacts import Downloader, DownloadPolicy
 from genrelay.consumer.config import Settings
 from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
+from genrelay.consumer.health import Readiness, address_of
 from genrelay.consumer.http_transport import pooled_client
 from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
 from genrelay.consumer.jobs import Jobs, Timing
@@ -157,6 +158,13 @@ class Relay:
         self._held: dict[int, list[tuple[TopicPartition, Any, PartitionOffsets]]] = {}
         self.last_restore: RestoreStats | None = None
         self.ready = asyncio.Event()
+        self._readiness = Readiness(
+            {
+                "kafka": address_of(settings.kafka_bootstrap, 9092),
+                "object_store": address_of(settings.s3_endpoint, 443 if settings.s3_secure else 80),
+                "provider": address_of(settings.fal_queue_url, 443),
+            }
+        )
         self.http_port: int | None = None
 
     def _gauges(self) -> GaugeSources:
@@ -309,8 +317,15 @@ class Relay:
         return JSONResponse({"status": "ok"})
 
     async def _ready(self, request: Request) -> Response:
-        ready = self.ready.is_set() and not self._stopping.is_set()
-        body: dict[str, Any] = {"ready": ready, "partitions": sorted(self._owned)}
+        dependencies = await self._readiness.dependencies()
+        restored = self.ready.is_set() and not self._stopping.is_set()
+        ready = restored and all(dependencies.values())
+        body: dict[str, Any] = {
+            "ready": ready,
+            "ledger_restored": restored,
+            "dependencies": dependencies,
+            "partitions": sorted(self._owned),
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def _hand_over(self, delivery: WebhookDelivery) -> None:
