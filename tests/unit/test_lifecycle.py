@@ -192,6 +192,7 @@ MOVES = st.lists(
             "unresolved",
             "files",
             "files_expired",
+            "refetched",
             "result_gone",
             "published",
             "cancel",
@@ -254,6 +255,8 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             apply(lc.FilesStored((ARTIFACT,), {}))
         elif move == "files_expired":
             apply(lc.FilesExpired(ERROR))
+        elif move == "refetched":
+            apply(lc.Refetched(OUTPUT))
         elif move == "result_gone":
             apply(lc.ResultGone(ERROR))
         elif move == "published":
