@@ -205,6 +205,7 @@ class Jobs:
             await self._ledger.write(decision.record, actor.partition)
             if decision.record.terminal:
                 self._release_slot(actor)
+                self._cancel_timer(actor)  # a pending poll or retry has nothing left to do
         for effect in decision.effects:
             await self._perform(actor, effect, source)
 
@@ -322,6 +323,11 @@ class Jobs:
 
         actor.timer = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
 
+    def _cancel_timer(self, actor: _Actor) -> None:
+        if actor.timer is not None:
+            actor.timer.cancel()
+            actor.timer = None
+
     def _retry(self, actor: _Actor, due: _Internal) -> None:
         actor.retries += 1
         self._schedule(actor, self.backoff(actor.retries), due)
@@ -371,9 +377,7 @@ class Jobs:
             self._drop(actor)
 
     def _drop(self, actor: _Actor) -> None:
-        if actor.timer is not None:
-            actor.timer.cancel()
-            actor.timer = None
+        self._cancel_timer(actor)
         self._release_slot(actor)
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]

@@ -513,6 +513,7 @@ def build_event(
         cost_units=record.cost_units,
         metadata=record.request.get("metadata") or {},
         replayed=False,
+        completed_at=now,
     )
 
 

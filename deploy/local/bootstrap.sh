@@ -14,8 +14,14 @@ want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
 stamp="$venv/.genrelay-installed"
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "bootstrap: installing genrelay and its dependencies into $venv" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[dev]"
+  # The build backend talks a lot even with -q; its log is kept, and shown only on failure.
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip \
+      && "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo[dev]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "bootstrap: installing failed; full log in $log" >&2
+    exit 1
+  fi
   printf '%s' "$want" >"$stamp"
 fi
 "$repo/deploy/local/provision.sh"
