@@ -415,9 +415,19 @@ def _host_allowed(host: str, patterns: Sequence[str]) -> bool:
     return False
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def _is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    # IPv6 forms that carry an IPv4 address are judged by the address they carry: a NAT64
+    # prefix counts as global whatever private address it wraps.
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            address = address.sixtofour
     return address.is_global and not address.is_multicast
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.artifacts import object_key
 from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.requests import (
     CancelRequest,
@@ -63,6 +64,7 @@ def classify(
     *,
     requests_topic: str,
     max_bytes: int,
+    default_prefix: str = "",
     partition_for: int | None = None,
 ) -> Verdict:
     """Decide a record's fate.
@@ -80,6 +82,12 @@ def classify(
         return Rekey(key)
     if isinstance(request, CancelRequest):
         return Command(key, lc.CancelCommand())
+    prefix = (request.output.prefix if request.output else None) or default_prefix
+    try:
+        # Refused before anything is paid for: the files could never be stored.
+        object_key(prefix, key, 0, "png")
+    except ValueError as exc:
+        return Refuse(DeadLetterReason.SCHEMA_VIOLATION.value, f"output cannot be stored: {exc}")
     return Command(key, _submit(request, record.header("traceparent")))
 
 

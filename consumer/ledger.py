@@ -28,6 +28,17 @@ class RestoreStats:
     seconds: float
 
 
+def _in_memory(record: LedgerRecord) -> LedgerRecord:
+    """What to keep in memory of a record: a finished key needs only its fingerprint and event.
+
+    Finished keys are the bulk of a partition (they are remembered for the dedup window), and
+    their input and raw result can be large; the topic keeps the full record regardless.
+    """
+    if record.terminal and record.published and record.event is not None:
+        return record.model_copy(update={"request": {}, "result": None})
+    return record
+
+
 class Ledger:
     """In-memory view of the owned ledger partitions, written through to Kafka."""
 
@@ -52,7 +63,7 @@ class Ledger:
         key = record.idempotency_key
         value = record.model_dump_json().encode()
         await self._producer.send_and_wait(self.topic, value, key=key.encode(), partition=partition)
-        self._records[key] = record
+        self._records[key] = _in_memory(record)
         self._partition_of[key] = partition
 
     async def forget_expired(self, partition: int, window: timedelta, now: datetime) -> int:
@@ -127,7 +138,7 @@ class Ledger:
             if record is None:
                 self._drop(key)
             else:
-                self._records[key] = record
+                self._records[key] = _in_memory(record)
                 self._partition_of[key] = partition
         keys = sum(1 for _, record in seen.values() if record is not None)
         stats = RestoreStats(

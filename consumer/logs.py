@@ -74,6 +74,11 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
+# A webhook URL's token (plain or URL-encoded inside `fal_webhook=`) binds deliveries to a key:
+# it is a credential, though derived rather than configured.
+_TOKEN = re.compile(r"((?:^|[?&]|%26|%3F)token(?:=|%3D))[A-Za-z0-9_\-]+", re.IGNORECASE)
+
+
 class SecretRedactor(logging.Filter):
     """Replaces every known secret value in a record's message, arguments, extras and traceback.
 
@@ -90,12 +95,11 @@ class SecretRedactor(logging.Filter):
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def redact(self, text: str) -> str:
-        """`text` with every secret replaced."""
+        """`text` with every secret, and every webhook URL token, replaced."""
+        text = _TOKEN.sub(rf"\1{REDACTED}", text)
         return self._pattern.sub(REDACTED, text) if self._pattern else text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._pattern is None:
-            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -188,4 +192,6 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    # One INFO line per HTTP request would drown the job lines (and repeat every URL).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return handler

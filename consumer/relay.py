@@ -24,6 +24,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import ValidationError
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -41,6 +42,7 @@ from genrelay.consumer.ledger import Ledger, RestoreStats
 from genrelay.consumer.metrics import GaugeSources, RelayMetrics, Resolution
 from genrelay.consumer.object_store import MinioStore
 from genrelay.consumer.offsets import PartitionOffsets
+from genrelay.consumer.openapi import openapi_route
 from genrelay.consumer.recent_outcomes import RecentOutcomes
 from genrelay.consumer.results import ResultFiles
 from genrelay.consumer.slots import Slots
@@ -51,6 +53,7 @@ from genrelay.consumer.topics import ensure_topics
 from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
 from genrelay.consumer.webhook_signature import JwksCache, WebhookToken
 from genrelay.schemas.base import to_json_bytes
+from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,7 @@ class Relay:
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._server: uvicorn.Server | None = None
+        self.http_app: Starlette | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, list[tuple[TopicPartition, Any, PartitionOffsets]]] = {}
         self.last_restore: RestoreStats | None = None
@@ -291,8 +295,10 @@ class Relay:
             Route("/readyz", self._ready),
             self.metrics.metrics_route(),
             *status_routes(self.snapshot),
+            openapi_route(webhooks=self.receiver is not None),
         ]
         routes_app = app(self.receiver, extra)
+        self.http_app = routes_app
         config = uvicorn.Config(
             routes_app,
             host=self.settings.http_host,
@@ -397,12 +403,17 @@ class Relay:
         if tp.topic == self.topics.webhooks:
             self._handle_webhook(source, finished)
             return
-        verdict = classify(
-            source,
-            requests_topic=self.topics.requests,
-            max_bytes=self.settings.max_record_bytes,
-            partition_for=self._partition_for(source),
-        )
+        try:
+            verdict = classify(
+                source,
+                requests_topic=self.topics.requests,
+                max_bytes=self.settings.max_record_bytes,
+                default_prefix=self.settings.prefix,
+                partition_for=self._partition_for(source),
+            )
+        except Exception as exc:  # a poison record must never stop the partition
+            log.exception("record at %s/%d/%d refused", tp.topic, tp.partition, message.offset)
+            verdict = Refuse(DeadLetterReason.SCHEMA_VIOLATION.value, f"unreadable record: {exc}")
         match verdict:
             case Command(key=key, event=event):
                 self.jobs.deliver(key, tp.partition, event, on_done=finished, source=source)

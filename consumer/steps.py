@@ -222,6 +222,9 @@ class Steps:
             return lc.FilesExpired(_failure(exc, "output_expired"))
         except DownloadRefused as exc:
             return lc.FilesRefused(_failure(exc, "download_refused"))
+        except ValueError as exc:  # e.g. no valid object key: retrying cannot help
+            error = ErrorDetail(type="output_unstorable", message=str(exc), retryable=False)
+            return lc.FilesRefused(error)
         except (ArtifactError, GenrelayError) as exc:
             log.warning("storing files failed, will retry: %s", exc)
             return Later()

@@ -101,8 +101,8 @@ class WebhookReceiver:
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise WebhookRejected(RejectReason.BODY_TOO_LARGE, f"{declared} bytes declared")
+        if declared is not None and _declared_size(declared) > self._max_body_bytes:
+            raise WebhookRejected(RejectReason.BODY_TOO_LARGE, "body too large (declared)")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
@@ -111,6 +111,13 @@ class WebhookReceiver:
                 raise WebhookRejected(RejectReason.BODY_TOO_LARGE, f"over {size} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _declared_size(value: str) -> int:
+    """A Content-Length as a number; anything unreadable counts as too large."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        return 1 << 62
+    return int(value)
 
 
 def app(receiver: WebhookReceiver | None, extra: list[Route] | None = None) -> Starlette:

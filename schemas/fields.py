@@ -29,7 +29,21 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 Tenant = Annotated[str, StringConstraints(max_length=128, pattern=_NO_CONTROL_CHARS)]
 # S3 bucket naming rules, checked on intake so a job is never paid for output it cannot store.
 BucketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-ObjectPrefix = Annotated[str, StringConstraints(max_length=512, pattern=_NO_CONTROL_CHARS)]
+
+
+def _no_dot_segments(prefix: str) -> str:
+    # The prefix becomes the start of every object key: "." or ".." segments (or an empty
+    # one) would let it point somewhere else than it reads.
+    if any(segment in {"", ".", ".."} for segment in prefix.strip("/").split("/")):
+        raise ValueError("a prefix may not contain empty, '.' or '..' segments")
+    return prefix
+
+
+ObjectPrefix = Annotated[
+    str,
+    StringConstraints(max_length=512, pattern=_NO_CONTROL_CHARS),
+    AfterValidator(_no_dot_segments),
+]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 Priority = Literal["normal", "low"]

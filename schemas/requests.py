@@ -6,6 +6,7 @@ gets the same code.
 """
 
 import hashlib
+import math
 from typing import Annotated, Any, Literal, Self
 
 import pydantic_core
@@ -127,9 +128,31 @@ def parse_request(raw: bytes, max_bytes: int) -> RequestRecord:
     try:
         # Validated from the bytes rather than `data`: strict JSON mode reads ISO-8601 strings
         # as datetimes, which strict Python mode would refuse.
-        return _REQUEST_ADAPTER.validate_json(raw)
+        record = _REQUEST_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         raise RecordInvalid.from_validation_error(exc) from exc
+    except OverflowError as exc:  # a datetime whose UTC form leaves the calendar
+        raise RecordInvalid(
+            DeadLetterReason.SCHEMA_VIOLATION, f"value out of range: {exc}"
+        ) from exc
+    if isinstance(record, SubmitRequest):
+        _check_finite({"input": record.input, "metadata": dict(record.metadata)})
+    return record
+
+
+def _check_finite(value: object, path: str = "") -> None:
+    # JSON has no infinities, but a number like 1e400 parses as one; it could never be
+    # fingerprinted or sent on, so it is refused like any other schema violation.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordInvalid(
+            DeadLetterReason.SCHEMA_VIOLATION, f"{path or 'a value'}: number out of range"
+        )
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, f"{path}.{name}" if path else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{path}[{index}]")
 
 
 def fingerprint(request: SubmitRequest) -> str:

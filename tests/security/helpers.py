@@ -1,0 +1,176 @@
+"""What the security tests share: genuine fal signatures, an in-process webhook receiver with
+a handoff that records its calls, raw ASGI calls, topic end offsets (to show that nothing was
+written), and the routes a relay serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Message
+
+from genrelay.consumer.relay import Relay
+from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
+from genrelay.consumer.webhook_signature import KEY_PARAM, TOKEN_PARAM, JwksCache, WebhookToken
+from genrelay.emulator.signing import Keyring
+from genrelay.schemas.webhooks import WebhookDelivery
+from tests.waiting import eventually
+
+SEED = bytes(range(32))
+KEYRING = Keyring(SEED)
+USER_ID = "emulator-user"
+WEBHOOK_SECRET = b"security-tests-webhook-secret-0123456789"
+
+Offsets = dict[tuple[str, int], int]
+
+
+def fal_body() -> bytes:
+    """A well-formed fal webhook body, of request `req-1`."""
+    body = {"request_id": "req-1", "gateway_request_id": "req-1", "status": "OK", "payload": {}}
+    return json.dumps(body).encode()
+
+
+def signed(body: bytes, request_id: str = "req-1") -> dict[str, str]:
+    """The four `X-Fal-Webhook-*` headers of a genuine delivery of `body`, signed now."""
+    return KEYRING.sign(request_id, USER_ID, body).headers()
+
+
+def as_asgi(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as an ASGI server hands them to the app: lower-case names, raw bytes."""
+    return [(name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()]
+
+
+class Handoffs(list[WebhookDelivery]):
+    """A handoff that records what the receiver passed on, instead of producing to Kafka."""
+
+    async def __call__(self, delivery: WebhookDelivery) -> None:
+        self.append(delivery)
+
+
+@dataclass
+class InProcessReceiver:
+    app: Starlette
+    tokens: WebhookToken
+    handoffs: Handoffs = field(default_factory=Handoffs)
+
+    def query(self, key: str, *, token_for: str | None = None) -> bytes:
+        """The query string of `key`'s webhook URL, with the token of `token_for` (or `key`)."""
+        token = self.tokens.token(token_for or key)
+        return urlencode({KEY_PARAM: key, TOKEN_PARAM: token}, quote_via=quote).encode()
+
+
+@contextlib.asynccontextmanager
+async def in_process_receiver(max_body_bytes: int = 64 * 1024) -> AsyncIterator[InProcessReceiver]:
+    """The receiver's ASGI app, trusting `KEYRING`'s keys, with a recording handoff."""
+
+    def jwks(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=KEYRING.jwks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(jwks)) as client:
+        tokens = WebhookToken(WEBHOOK_SECRET)
+        handoffs = Handoffs()
+        receiver = WebhookReceiver(
+            tokens=tokens,
+            jwks=JwksCache(client, url="https://jwks.test/.well-known/jwks.json"),
+            handoff=handoffs,
+            max_body_bytes=max_body_bytes,
+        )
+        yield InProcessReceiver(app(receiver), tokens, handoffs)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+
+async def asgi_call(
+    application: Starlette,
+    *,
+    method: str = "POST",
+    path: str = WEBHOOK_PATH,
+    query: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    chunks: Iterable[bytes] = (),
+) -> Answer:
+    """One HTTP request straight into the ASGI app, headers exactly as given (no client
+    normalises them). The body arrives in `chunks`, which may be endless; an exception in
+    the app propagates."""
+    body = iter(chunks)
+    current: bytes | None = next(body, b"")
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal current
+        if current is None:
+            return {"type": "http.disconnect"}
+        following = next(body, None)
+        message: Message = {
+            "type": "http.request",
+            "body": current,
+            "more_body": following is not None,
+        }
+        current = following
+        return message
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": list(headers),
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+    }
+    await application(scope, receive, send)
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return Answer(start["status"], answer)
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str], partitions: int) -> Offsets:
+    """The end offset of every partition of `topics`: equal before and after means unwritten."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        wanted = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        async with asyncio.timeout(30):
+            ends = await consumer.end_offsets(wanted)
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+
+async def settled(relay: Relay) -> None:
+    """Wait until the relay runs no job, so that nothing else writes to its topics."""
+    await eventually(lambda: relay.jobs.active == 0, timeout=60)
+
+
+def http_app(relay: Relay) -> Starlette:
+    """The Starlette app the relay's HTTP server runs."""
+    assert relay.http_app is not None, "the relay serves no HTTP"
+    return relay.http_app
+
+
+def route_methods(relay: Relay) -> dict[str, frozenset[str]]:
+    """Each path the relay serves, and the methods it answers there."""
+    routes = http_app(relay).routes
+    # Anything but a plain HTTP route (a mount, a websocket) would be surface unaccounted for.
+    assert all(type(route) is Route for route in routes), routes
+    return {route.path: frozenset(route.methods or ()) for route in routes if type(route) is Route}
