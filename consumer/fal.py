@@ -202,7 +202,11 @@ class FalProvider:
         if not base_url.startswith(("https://", "http://")):
             raise ValueError(f"queue base URL must be http(s): {base_url!r}")
         self._base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Key {key}", "User-Agent": f"genrelay/{__version__}"}
+        self._headers = {"User-Agent": f"genrelay/{__version__}"}
+        self._auth = {"Authorization": f"Key {key}"}
+        # The key goes only to the queue's own host: URLs come from answers (and the ledger),
+        # and a URL naming another host must not carry our credential there.
+        self._key_host = httpx.URL(self._base_url).host
         self._timeout = timeout
         self._client = client if client is not None else httpx.AsyncClient()
         self._owns_client = client is None
@@ -305,7 +309,7 @@ class FalProvider:
                 url,
                 json=json,
                 params=params,
-                headers={**self._headers, **(headers or {})},
+                headers={**self._headers, **self._auth_for(url), **(headers or {})},
                 timeout=self._timeout,
             )
         except httpx.InvalidURL as exc:
@@ -315,6 +319,13 @@ class FalProvider:
             if isinstance(exc, _NEVER_SENT):
                 raise NotSent(f"{where}: {exc!r}") from exc
             raise MaybeSent(f"{where}: {exc!r}") from exc
+
+    def _auth_for(self, url: str) -> dict[str, str]:
+        try:
+            host = httpx.URL(url).host
+        except httpx.InvalidURL:
+            return {}
+        return self._auth if host == self._key_host else {}
 
     def _parse_submission(self, response: httpx.Response, endpoint: str) -> Submission:
         body = _json_object(response)

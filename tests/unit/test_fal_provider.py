@@ -560,3 +560,24 @@ def test_malformed_webhook_body_is_rejected(body: bytes) -> None:
     with pytest.raises(WebhookRejected) as caught:
         parse_webhook(body)
     assert caught.value.reason is RejectReason.MALFORMED_BODY
+
+
+async def test_the_key_is_never_sent_to_a_host_other_than_the_queue() -> None:
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.host] = request.headers.get("authorization")
+        return httpx.Response(202, json={"status": "IN_QUEUE", "queue_position": 0})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        provider = FalProvider("secret-key", base_url="https://queue.fal.run", client=client)
+        elsewhere = Submission(
+            request_id="r",
+            gateway_request_id=None,
+            status_url="https://attacker.example/fal-ai/flux/requests/r/status",
+            response_url="https://attacker.example/fal-ai/flux/requests/r",
+            cancel_url="https://attacker.example/fal-ai/flux/requests/r/cancel",
+        )
+        await provider.status(elsewhere)
+        await provider.status(provider.submission_for("fal-ai/flux/schnell", "r"))
+    assert seen == {"attacker.example": None, "queue.fal.run": "Key secret-key"}
