@@ -40,7 +40,11 @@ async def webhook_front(backends: list[str]) -> AsyncIterator[str]:
     async with httpx.AsyncClient(timeout=10) as client:
         server = uvicorn.Server(
             uvicorn.Config(
-                _front_app(backends, client), host="127.0.0.1", port=port, log_level="warning"
+                _front_app(backends, client),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                log_config=None,  # keep uvicorn's loggers on the root handler
             )
         )
         task = asyncio.get_running_loop().create_task(server.serve())

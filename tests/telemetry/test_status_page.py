@@ -100,7 +100,11 @@ async def test_the_page_loads_nothing_from_elsewhere() -> None:
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
     """The status routes on a real HTTP server on a free loopback port."""
-    config = uvicorn.Config(app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    # log_config=None: uvicorn's default config would take its loggers away from the root
+    # handler for the rest of the session (later tests capture logs through it).
+    config = uvicorn.Config(
+        app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off", log_config=None
+    )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
     async with asyncio.timeout(10):
