@@ -5,6 +5,8 @@ genrelay run         one relay replica, configured by GENRELAY_* variables
 genrelay emulator    the fal-compatible queue emulator alone
 genrelay submit      put one request on Kafka (and with --wait, print its outcome)
 genrelay bulk …      submit a JSONL/CSV file, follow it, collect a manifest, cancel it
+genrelay bench       end-to-end figures against the baselines, in one run
+genrelay chaos       run fault scenarios and check the invariants held
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     from genrelay.producers.bulk import cli as bulk_cli
 
     bulk_cli.add_subcommands(commands)
+    from genrelay.bench import cli as bench_cli
+    from genrelay.chaos import cli as chaos_cli
+
+    bench_cli.add_arguments(commands.add_parser("bench", help="run the benchmark scenarios"))
+    chaos_cli.add_arguments(commands.add_parser("chaos", help="run fault scenarios"))
     return parser
 
 
@@ -79,4 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from genrelay.producers.bulk import cli as bulk_cli
 
         return bulk_cli.main(args)
+    if args.command == "bench":
+        from genrelay.bench import cli as bench_cli
+
+        return bench_cli.main(args)
+    if args.command == "chaos":
+        from genrelay.chaos import cli as chaos_cli
+
+        return chaos_cli.main(args)
     raise AssertionError(f"unhandled command {args.command}")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
+from genrelay.consumer.durable import send_durably
 from genrelay.consumer.intake import SourceRecord
 from genrelay.consumer.metrics import RelayMetrics
 from genrelay.consumer.provider import JobState
@@ -30,8 +31,11 @@ class KafkaPublisher:
         self._metrics = metrics
 
     async def completion(self, event: CompletionEvent) -> None:
-        await self._producer.send_and_wait(
-            self._topics.completions, to_json_bytes(event), key=event.idempotency_key.encode()
+        await send_durably(
+            self._producer,
+            self._topics.completions,
+            to_json_bytes(event),
+            key=event.idempotency_key.encode(),
         )
 
     async def progress(
@@ -50,7 +54,8 @@ class KafkaPublisher:
     async def dead_letter(self, source: SourceRecord, reason: str, error: str) -> None:
         """Copy the original record, bytes and headers, with why it was refused."""
         info = DeadLetterInfo(reason, error, source.topic, source.partition, source.offset)
-        await self._producer.send_and_wait(
+        await send_durably(
+            self._producer,
             self._topics.dead_letter,
             source.value,
             key=source.key,
@@ -67,6 +72,10 @@ class KafkaPublisher:
 
     async def rekey(self, source: SourceRecord, key: str) -> None:
         """Put the record on the requests topic under its idempotency key."""
-        await self._producer.send_and_wait(
-            self._topics.requests, source.value, key=key.encode(), headers=list(source.headers)
+        await send_durably(
+            self._producer,
+            self._topics.requests,
+            source.value,
+            key=key.encode(),
+            headers=list(source.headers),
         )

@@ -94,6 +94,7 @@ class Jobs:
         self._on_crash = on_crash
         self._actors: dict[str, _Actor] = {}
         self._tenants: Counter[str] = Counter()
+        self._released: set[int] = set()  # partitions given up, until assigned again
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -106,6 +107,8 @@ class Jobs:
         source: SourceRecord | None = None,
     ) -> None:
         """Queue an event for a key; `on_done` runs once its state is durable."""
+        if partition in self._released:
+            return  # no longer ours: its new owner reads the record again
         actor = self._actors.get(key)
         if actor is None:
             actor = self._actors[key] = _Actor(key, partition)
@@ -114,6 +117,7 @@ class Jobs:
 
     def resume(self, partition: int) -> int:
         """Restart the open keys of a just-restored partition; returns how many."""
+        self._released.discard(partition)
         resumed = 0
         for key in self._ledger.keys_in(partition):
             record = self._ledger.get(key)
@@ -127,7 +131,11 @@ class Jobs:
         return resumed
 
     async def release(self, partitions: set[int], grace: float) -> None:
-        """Stop the actors of revoked partitions, letting running steps finish within `grace`."""
+        """Stop the actors of revoked partitions, letting running steps finish within `grace`.
+
+        A submit already on the wire may finish (its answer is recorded); none may start.
+        """
+        self._released |= partitions
         leaving = [a for a in self._actors.values() if a.partition in partitions]
         for actor in leaving:
             actor.closed = True
@@ -271,6 +279,10 @@ class Jobs:
         assert record is not None
         assert record.phase is Phase.SUBMITTING
         await self._hold_slot(actor, record)
+        if actor.closed:
+            # The partition was revoked while this key waited for its intent to be durable or
+            # for a slot. Its new owner may already be submitting it: never post from here.
+            return
         outcome = await self._steps.submit(record)
         await self._apply(actor, outcome)
         if isinstance(outcome, lc.Accepted):

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from genrelay.consumer.durable import send_durably
 from genrelay.schemas.ledger import LedgerRecord
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Ledger:
         """Produce the new state and wait for the broker's acknowledgement."""
         key = record.idempotency_key
         value = record.model_dump_json().encode()
-        await self._producer.send_and_wait(self.topic, value, key=key.encode(), partition=partition)
+        await send_durably(self._producer, self.topic, value, key=key.encode(), partition=partition)
         self._records[key] = _in_memory(record)
         self._partition_of[key] = partition
 
@@ -76,8 +77,8 @@ class Ledger:
             and rec.updated_at < now - window
         ]
         for key in expired:
-            await self._producer.send_and_wait(
-                self.topic, None, key=key.encode(), partition=partition
+            await send_durably(
+                self._producer, self.topic, None, key=key.encode(), partition=partition
             )
             self._drop(key)
         return len(expired)

@@ -358,6 +358,9 @@ class Relay:
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == self.topics.requests}
+        # From this instant another replica may own these keys: records still fetched for
+        # them are held (and dropped below), and no new paid submit may start for them.
+        self._owned -= gone
         await self.jobs.release(gone, grace=2.0)
         if self._consumer is not None:
             with contextlib.suppress(KafkaError, CommitFailedError):
@@ -367,7 +370,6 @@ class Relay:
         for partition in gone:
             self._held.pop(partition, None)
         self.ledger.release(gone)
-        self._owned -= gone
 
     # --- loops ----------------------------------------------------------------------------
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from genrelay.chaos.webhook_front import webhook_front
 from genrelay.deploy.local.processes import free_port
 from genrelay.deploy.local.replicas import RelayProcess
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings, UniformLatency
-from tests.faults.webhook_front import webhook_front
 from tests.relay.harness import (
     TopicReader,
     completions_by_key,

@@ -1,0 +1,271 @@
+"""The bench's outputs: a table for people, a JSON file of every figure, and the checks that
+decide the exit code (every figure present, exactly one paid submission per key)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from genrelay.bench.context import Plan
+
+Results = dict[str, Any]
+
+
+def find_spends(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every `spend` figure in the results, with where it sits."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else key
+            if key == "spend" and isinstance(value, dict) and "submissions" in value:
+                yield path, value
+            else:
+                yield from find_spends(value, where)
+
+
+def spend_summary(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """Scenario 5: paid submissions per unique key over every run that paid the emulator."""
+    parts = dict(find_spends(scenarios))
+    submissions = sum(s["submissions"] for s in parts.values())
+    keys = sum(s["unique_keys"] for s in parts.values())
+    return {
+        "submissions": submissions,
+        "unique_keys": keys,
+        "per_key": round(submissions / keys, 6) if keys else None,
+        "ok": bool(parts) and all(s["ok"] for s in parts.values()),
+        "by_run": {where: s["per_key"] for where, s in parts.items()},
+    }
+
+
+def required_figures(plan: Plan, units: list[str]) -> list[str]:
+    """The dotted paths the run must have produced, given what it ran."""
+    wanted: list[str] = []
+    hops = ("record_to_submit_ms", "webhook_to_ack_ms", "transfer_ms")
+    if "throughput" in units:
+        wanted += [
+            "throughput.jobs_per_second",
+            "throughput.relay_cpu_ms_per_job",
+            "throughput.relay_peak_rss_mb",
+            "throughput.provider_calls.per_job",
+        ]
+        wanted += [f"throughput.hops.{hop}.{q}" for hop in hops for q in ("p50", "p99")]
+    if "baselines" in units:
+        for kind in ("naive", "floor"):
+            wanted += [
+                f"baselines.{kind}.jobs_per_second",
+                f"baselines.{kind}.provider_calls.per_job",
+                f"baselines.genrelay_ratio.{kind}",
+            ]
+    if "scale.in-flight" in units:
+        wanted.append("scale.in_flight.rss_kb_per_in_flight_job")
+    if "scale.restore" in units:
+        wanted += ["scale.restore.restore_seconds", "scale.restore.records_per_second"]
+    if "scale.replicas" in units:
+        wanted += [f"scale.replicas.steps.{n}.jobs_per_second" for n in plan.replicas]
+    if "webhookless" in units:
+        wanted += ["webhookless.jobs_per_second", "webhookless.provider_calls.per_job"]
+    return [*wanted, "spend.per_key"]
+
+
+def lookup(scenarios: dict[str, Any], path: str) -> Any:
+    node: Any = scenarios
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def missing_figures(results: Results) -> list[str]:
+    """Required figures that are absent or empty."""
+    return [p for p in results["required"] if lookup(results["scenarios"], p) is None]
+
+
+def write_json(results: Results, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _n(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or (isinstance(value, float) and digits == 0):
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _hop(summary: dict[str, Any] | None) -> str:
+    if not summary or summary.get("p50") is None:
+        return "-"
+    return f"p50 {_n(summary['p50'])} ms · p99 {_n(summary['p99'])} ms  (n={summary['n']:,})"
+
+
+def _rows_throughput(t: dict[str, Any]) -> list[tuple[str, str]]:
+    hops = t.get("hops", {})
+    offered = t.get("paced_offered_jobs_per_second")
+    calls = t.get("provider_calls", {})
+    rows = [
+        (f"jobs/s end to end (burst of {_n(t.get('jobs'))})", _n(t.get("jobs_per_second"))),
+        (
+            f"record produced → submit received (at {_n(offered)} jobs/s)",
+            _hop(hops.get("record_to_submit_ms")),
+        ),
+        (
+            "webhook received → completion acked, excl. transfer",
+            _hop(hops.get("webhook_to_ack_ms")),
+        ),
+        ("  of which webhook → result recorded", _hop(hops.get("webhook_to_result_ready_ms"))),
+        ("  of which files stored → completion acked", _hop(hops.get("stored_to_ack_ms"))),
+        ("download + check + upload (separate)", _hop(hops.get("transfer_ms"))),
+        ("relay CPU per job (burst)", f"{_n(t.get('relay_cpu_ms_per_job'), 2)} ms"),
+        ("relay peak RSS", f"{_n(t.get('relay_peak_rss_mb'))} MB"),
+        ("provider HTTP calls per job", _n(calls.get("per_job"), 2)),
+    ]
+    if failed := t.get("not_succeeded"):
+        rows.append(("jobs that did not succeed (burst)", json.dumps(failed)))
+    cpu = t.get("cpu", {})
+    if cpu:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in cpu["share_of_machine"].items())
+        rows.append(("machine share during burst", f"{shares}, others {cpu['others_share']:.0%}"))
+    if profile := t.get("profile"):
+        rows += _rows_profile(profile)
+    return rows
+
+
+def _rows_profile(profile: dict[str, Any], top: int = 8) -> list[tuple[str, str]]:
+    held = profile.get("gil_held_share")
+    rows = [
+        (
+            "relay profile (py-spy, samples holding the GIL)",
+            f"{profile['samples']:,} samples, GIL held {_n(held, 2)} of the burst",
+        )
+    ]
+    libraries = ", ".join(f"{e['what']} {e['share']:.0%}" for e in profile["by_library"][:top])
+    rows.append(("  by library", libraries))
+    for entry in profile["own_time"][:top]:
+        rows.append((f"  {entry['share']:.1%} own time", entry["what"]))
+    return rows
+
+
+def _rows_baselines(b: dict[str, Any]) -> list[tuple[str, str]]:
+    labels = {
+        "naive": "naive: fal-client subscribe, minio, commit per job",
+        "floor": "floor: consume + one POST (aiohttp engine)",
+        "floor-httpx": "floor: consume + one POST (httpx pool)",
+    }
+    ratio = b.get("genrelay_ratio", {})
+    rows = []
+    for kind, label in labels.items():
+        figures = b.get(kind)
+        if not figures:
+            continue
+        if "error" in figures:
+            rows.append((label, f"failed: {figures['error']}"))
+            continue
+        rows.append(
+            (
+                label,
+                f"{_n(figures['jobs_per_second'])} jobs/s · "
+                f"{_n(figures['provider_calls']['per_job'], 2)} calls/job · "
+                f"{_n(figures['cpu_ms_per_job'], 2)} ms CPU/job · "
+                f"genrelay = {_n(ratio.get(kind), 2)}x",
+            )
+        )
+    return rows
+
+
+def _rows_scale(s: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if (f := s.get("in_flight")) and "error" not in f:
+        rows.append(
+            (
+                f"RSS per in-flight job ({_n(f['jobs_in_flight'])} in flight)",
+                f"{_n(f['rss_kb_per_in_flight_job'], 1)} KB "
+                f"(relay {_n(f['relay_idle_rss_mb'])} → {_n(f['relay_rss_mb'])} MB)",
+            )
+        )
+    if (r := s.get("restore")) and "error" not in r:
+        rows.append(
+            (
+                f"ledger restore, {_n(r['keys'])} keys in one partition",
+                f"{_n(r['restore_seconds'])} s · {_n(r['records_per_second'], 0)} records/s · "
+                f"{_n(r['memory_mb'], 0)} MB held ({_n(r['memory_kb_per_key'])} KB/key)",
+            )
+        )
+    if (p := s.get("replicas")) and "error" not in p:
+        steps = p["steps"]
+        counts = " → ".join(steps)
+        rates = " → ".join(_n(step["jobs_per_second"]) for step in steps.values())
+        speedups = ", ".join(f"x{step['speedup']}" for step in steps.values())
+        rows.append((f"relay processes {counts}", f"{rates} jobs/s ({speedups})"))
+        rows.append(("  verdict", p["verdict"]))
+    for part, figures in s.items():
+        if isinstance(figures, dict) and "error" in figures:
+            rows.append((part, f"failed: {figures['error']}"))
+    return rows
+
+
+def _rows_webhookless(w: dict[str, Any]) -> list[tuple[str, str]]:
+    calls = w.get("provider_calls", {})
+    grace = w.get("settings", {}).get("poll_grace_seconds")
+    return [
+        (f"jobs/s end to end (polling after {_n(grace)} s)", _n(w.get("jobs_per_second"))),
+        ("provider HTTP calls per job", _n(calls.get("per_job"), 2)),
+        ("relay CPU per job (burst)", f"{_n(w.get('relay_cpu_ms_per_job'), 2)} ms"),
+    ]
+
+
+def render_table(results: Results) -> str:
+    """The human-readable summary of a run."""
+    meta = results["meta"]
+    plan = meta["plan"]
+    scenarios = results["scenarios"]
+    lines = [
+        f"genrelay bench · {meta['host']['cpus']} CPUs · load average "
+        f"{meta['host']['load_average'][0]:.2f} at start, {meta['load_average_end'][0]:.2f} "
+        f"at end · {'smoke' if plan['smoke'] else 'full'}: {plan['jobs']:,} jobs, "
+        f"concurrency {plan['concurrency']}",
+    ]
+    sections = [
+        (
+            "1 Throughput and overhead (webhooks on, zero inference time, one small PNG)",
+            "throughput",
+            _rows_throughput,
+        ),
+        (
+            "2 Baselines (same stack, emulator settings and concurrency)",
+            "baselines",
+            _rows_baselines,
+        ),
+        ("3 Scale", "scale", _rows_scale),
+        ("4 Webhook-less mode", "webhookless", _rows_webhookless),
+    ]
+    rows: list[tuple[str, str]] = []
+    for title, name, build in sections:
+        if name not in scenarios:
+            continue
+        rows.append((title, ""))
+        figures = scenarios[name]
+        if "error" in figures:
+            rows.append(("  failed", str(figures["error"])))
+            continue
+        rows += [("  " + label, value) for label, value in build(figures)]
+    spend = scenarios.get("spend", {})
+    per_key = spend.get("per_key")
+    rows.append(
+        (
+            "5 Spend: paid submissions per unique key, every run",
+            f"{per_key:.3f}  ({spend['submissions']:,} submissions, {spend['unique_keys']:,} keys)"
+            if per_key is not None
+            else "-",
+        )
+    )
+    width = max(len(label) for label, _ in rows) + 2
+    lines += [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    if missing := results.get("missing"):
+        lines.append("missing figures: " + ", ".join(missing))
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Runs the selected scenarios in a fixed order on one stack and gathers every figure.
+
+A scenario that fails is reported with its error and the others still run; the exit code
+(see `cli`) then says the run is incomplete.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from genrelay.bench.baselines import compare, run_baseline
+from genrelay.bench.context import Bench, Plan
+from genrelay.bench.measure import host_facts, load_average
+from genrelay.bench.report import Results, missing_figures, required_figures, spend_summary
+from genrelay.bench.restore import restore
+from genrelay.bench.scale import in_flight, replicas
+from genrelay.bench.throughput import RelayRun, run_genrelay
+from genrelay.deploy.local.stack import StackInfo
+
+BASELINE_KINDS = ("naive", "floor", "floor-httpx")
+# Run order; `scale` stands for its three parts. The restore goes last: it leaves this
+# process with gigabytes of freed-but-held memory.
+UNITS = (
+    "throughput",
+    "webhookless",
+    "baselines",
+    "scale.in-flight",
+    "scale.replicas",
+    "scale.restore",
+)
+CHOICES = ("throughput", "baselines", "scale", "webhookless", *UNITS[3:])
+
+Progress = Callable[[str], None]
+
+
+def expand(selected: Sequence[str]) -> list[str]:
+    """The units to run, in run order; the baselines' ratios need the throughput run."""
+    wanted = set(selected) or {"throughput", "baselines", "scale", "webhookless"}
+    if "scale" in wanted:
+        wanted |= {"scale.in-flight", "scale.replicas", "scale.restore"}
+    if "baselines" in wanted:
+        wanted.add("throughput")
+    return [unit for unit in UNITS if unit in wanted]
+
+
+def _stderr(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+async def run_bench(
+    stack: StackInfo,
+    plan: Plan,
+    selected: Sequence[str] = (),
+    *,
+    workdir: Path,
+    profile_dir: Path | None = None,
+    progress: Progress = _stderr,
+    checkpoint: Callable[[Results], None] | None = None,
+) -> Results:
+    """Run the scenarios on `stack` and return every figure (the JSON file's content).
+
+    `checkpoint` gets the results so far after each scenario, so a long run that is
+    interrupted still leaves the figures it measured.
+    """
+    bench = Bench(stack, plan, workdir, profile_dir)
+    units = expand(selected)
+    results: Results = {
+        "meta": {
+            "started_at": datetime.now(UTC).isoformat(),
+            "command": sys.argv,
+            "host": {**host_facts(), "python": platform.python_version()},
+            "plan": {**plan.__dict__, "replicas": list(plan.replicas)},
+            "stack": {"kafka_bootstrap": stack.kafka_bootstrap, "s3_endpoint": stack.s3_endpoint},
+            "workdir": str(workdir),
+            "scenarios": units,
+        },
+        "scenarios": {},
+        "required": required_figures(plan, units),
+    }
+    scenarios: dict[str, Any] = results["scenarios"]
+    began = time.monotonic()
+    for unit in units:
+        progress(f"{unit} ({time.monotonic() - began:.0f} s in, load {load_average()[0]:.2f})")
+        await _run_unit(bench, unit, scenarios)
+        if checkpoint is not None:
+            checkpoint(results)
+    scenarios["spend"] = spend_summary(scenarios)
+    results["meta"]["load_average_end"] = load_average()
+    results["meta"]["seconds"] = round(time.monotonic() - began, 1)
+    results["missing"] = missing_figures(results)
+    results["ok"] = not results["missing"] and scenarios["spend"]["ok"] and not _errors(scenarios)
+    return results
+
+
+async def _run_unit(bench: Bench, unit: str, scenarios: dict[str, Any]) -> None:
+    if unit == "baselines":
+        figures: dict[str, Any] = {}
+        for kind in BASELINE_KINDS:
+            figures[kind] = await _guarded(functools.partial(run_baseline, bench, kind))
+        figures["genrelay_ratio"] = compare(scenarios.get("throughput", {}), figures)
+        scenarios["baselines"] = figures
+        return
+    runners: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "throughput": lambda: run_genrelay(
+            bench, RelayRun("throughput", profile=bench.profile_dir is not None)
+        ),
+        "webhookless": lambda: run_genrelay(
+            bench, RelayRun("webhookless", webhooks=False, paced=False)
+        ),
+        "scale.in-flight": lambda: in_flight(bench),
+        "scale.replicas": lambda: replicas(bench),
+        "scale.restore": lambda: restore(bench),
+    }
+    figures = await _guarded(runners[unit])
+    if unit.startswith("scale."):
+        scenarios.setdefault("scale", {})[unit.removeprefix("scale.").replace("-", "_")] = figures
+    else:
+        scenarios[unit] = figures
+
+
+async def _guarded(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    try:
+        return await run()
+    except Exception as exc:  # one failed scenario must not cost the figures of the others
+        _stderr(f"failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _errors(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "error" in node or any(_errors(v) for v in node.values())
+    return False

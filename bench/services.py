@@ -1,0 +1,314 @@
+"""The processes a scenario measures: the emulator, relay replicas, and their topics.
+
+Each runs in its own process so CPU time and memory are its own, and so the load generator,
+the provider and the relay never share an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from genrelay.bench.context import Bench
+from genrelay.consumer.config import Settings
+from genrelay.deploy.local.processes import ManagedProcess, free_port
+from genrelay.deploy.local.replicas import RelayProcess
+from genrelay.schemas.topics import Topics
+
+EMULATOR_KEY = "emulator-key"
+# Calls a client makes to the provider (webhooks go the other way and are not counted).
+PROVIDER_CALLS = (
+    "submissions",
+    "rejected_submits",
+    "unauthorized",
+    "status_polls",
+    "status_streams",
+    "result_fetches",
+    "file_downloads",
+    "cancel_requests",
+)
+
+
+class EmulatorProcess:
+    """`python -m genrelay.emulator` on a free port, with the given settings as flags."""
+
+    def __init__(self, workdir: Path, name: str, **settings: str) -> None:
+        self.port = free_port()
+        flags = {"port": str(self.port), "seed": "1", **settings}
+        argv = [sys.executable, "-m", "genrelay.emulator", "--log-level", "WARNING"]
+        for flag, value in flags.items():
+            argv += ["--" + flag.replace("_", "-"), value]
+        self.process = ManagedProcess(name, argv, workdir / f"{name}.log")
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=120.0)
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.base_url}/.well-known/jwks.json"
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def __aenter__(self) -> Self:
+        self.process.start()
+        async with asyncio.timeout(60):
+            while True:
+                if self.process.exit_code() is not None:
+                    raise self.process.fail("exited during start")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await self._http.get("/_emulator/health")).status_code == 200:
+                        return self
+                await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+        await asyncio.to_thread(self.process.stop, 10.0)
+
+    async def stats(self) -> dict[str, Any]:
+        """The emulator's counters (`/_emulator/stats`)."""
+        response = await self._http.get("/_emulator/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    async def submissions(self) -> list[dict[str, Any]]:
+        """Every accepted (paid) submission, in arrival order."""
+        response = await self._http.get("/_emulator/submissions")
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["submissions"]
+        return items
+
+    async def describe(self, request_id: str) -> dict[str, Any]:
+        """The emulator's view of one request (its `completed_at`, for instance)."""
+        response = await self._http.get(f"/_emulator/requests/{request_id}")
+        response.raise_for_status()
+        view: dict[str, Any] = response.json()
+        return view
+
+
+def provider_calls(stats: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """HTTP calls the client made to the provider, per job and by kind."""
+    by_kind = {name: int(stats.get(name, 0)) for name in PROVIDER_CALLS}
+    total = sum(by_kind.values())
+    return {
+        "per_job": round(total / jobs, 3) if jobs else None,
+        "total": total,
+        "by_kind": {name: n for name, n in by_kind.items() if n},
+        "webhooks_delivered": int(stats.get("webhooks_delivered", 0)),
+    }
+
+
+def spend(submissions: list[dict[str, Any]], expected: set[str]) -> dict[str, Any]:
+    """Paid submissions per unique key, from the provider's own log (must be exactly 1)."""
+    paid = Counter(str(item["input"].get("prompt")) for item in submissions)
+    unexpected = sum(n for key, n in paid.items() if key not in expected)
+    keys = len(paid)
+    return {
+        "submissions": sum(paid.values()),
+        "unique_keys": keys,
+        "expected_keys": len(expected),
+        "per_key": round(sum(paid.values()) / keys, 6) if keys else None,
+        "max_per_key": max(paid.values(), default=0),
+        "unpaid_keys": len(expected - paid.keys()),
+        "unexpected_keys": unexpected,
+        "ok": keys == len(expected) and sum(paid.values()) == keys and not unexpected,
+    }
+
+
+def relay_settings(
+    bench: Bench,
+    topics: Topics,
+    emulator: EmulatorProcess,
+    *,
+    webhooks: bool,
+    **overrides: Any,
+) -> Settings:
+    """A relay on the bench's stack and emulator; webhooks point at its own port."""
+    port = free_port()
+    concurrency = bench.plan.concurrency
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bench.stack.kafka_bootstrap,
+        "group_id": f"{topics.requests}.relay",
+        "topic_requests": topics.requests,
+        "topic_ledger": topics.ledger,
+        "topic_webhooks": topics.webhooks,
+        "topic_completions": topics.completions,
+        "topic_progress": topics.progress,
+        "topic_dead_letter": topics.dead_letter,
+        "partitions": bench.plan.partitions,
+        "fal_queue_url": emulator.base_url,
+        "fal_key": EMULATOR_KEY,
+        "fal_jwks_url": emulator.jwks_url,
+        "http_port": port,
+        "public_webhook_url": f"http://127.0.0.1:{port}" if webhooks else None,
+        "webhook_secret": f"bench-webhook-secret-{bench.run_id}-0123456789abcdef",
+        "s3_endpoint": bench.stack.s3_endpoint,
+        "s3_access_key": bench.stack.s3_access_key,
+        "s3_secret_key": bench.stack.s3_secret_key,
+        "bucket": f"bench-{bench.run_id}",
+        "download_hosts": ["127.0.0.1"],
+        "allow_private_downloads": True,
+        "max_in_flight": concurrency,
+        "max_in_flight_per_endpoint": concurrency,
+        "shutdown_grace_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class RelayExitedError(RuntimeError):
+    """A relay replica ended during a measurement."""
+
+
+def last_error(log: Path) -> str:
+    """The last error a relay logged (its JSON log line's message and exception)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if '"level": "ERROR"' not in line and '"level": "CRITICAL"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return line[-300:]
+        cause = str(entry.get("exception", "")).strip().splitlines()[-1:]
+        return " / ".join([str(entry.get("message", "")), *cause])
+    return lines[-1][-300:] if lines else "empty log"
+
+
+class RelayFleet:
+    """N relay replicas in one consumer group, each with its own HTTP port."""
+
+    def __init__(self, base: Settings, count: int, workdir: Path, name: str) -> None:
+        self.replicas = [
+            RelayProcess(
+                base.model_copy(update=self._own_port(base, n)),
+                workdir,
+                name=f"{name}-{n}",
+            )
+            for n in range(count)
+        ]
+
+    @staticmethod
+    def _own_port(base: Settings, n: int) -> dict[str, Any]:
+        if n == 0:
+            return {}
+        port = free_port()
+        hook = None if base.public_webhook_url is None else f"http://127.0.0.1:{port}"
+        return {"http_port": port, "public_webhook_url": hook}
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {f"relay-{n}": r.pid for n, r in enumerate(self.replicas) if r.pid is not None}
+
+    @property
+    def ports(self) -> list[int]:
+        return [r.settings.http_port for r in self.replicas]
+
+    async def __aenter__(self) -> Self:
+        try:
+            for replica in self.replicas:
+                await replica.start()
+            await self._spread(self.replicas[0].settings.partitions)
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    def check(self) -> None:
+        """Raise if a replica has exited: waiting for its work would only time out."""
+        for replica in self.replicas:
+            code = replica.process.exit_code()
+            if code is not None:
+                raise RelayExitedError(
+                    f"{replica.process.name} exited with code {code}: "
+                    f"{last_error(replica.process.log_path)} (log {replica.process.log_path})"
+                )
+
+    async def _stop(self) -> None:
+        await asyncio.gather(*(asyncio.to_thread(r.stop) for r in self.replicas))
+
+    async def _spread(self, partitions: int, timeout: float = 90.0) -> None:
+        # Every replica answers ready as soon as it has partitions, but the group is only
+        # settled once each owns its share and together they own all of them.
+        async with httpx.AsyncClient(timeout=2.0) as client, asyncio.timeout(timeout):
+            while True:
+                owned: list[set[int]] = []
+                for port in self.ports:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        body = (await client.get(f"http://127.0.0.1:{port}/readyz")).json()
+                        owned.append(set(body.get("partitions", [])))
+                total = sum(len(p) for p in owned)
+                union = set().union(*owned) if owned else set()
+                if (
+                    len(owned) == len(self.ports)
+                    and all(owned)
+                    and total == partitions
+                    and len(union) == partitions
+                ):
+                    return
+                await asyncio.sleep(0.2)
+
+
+async def create_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
+    """Create a scenario's topics as the relay would, with broker-side append timestamps.
+
+    `LogAppendTime` on the ledger and completion topics makes each record's timestamp the
+    moment the broker appended (and so acknowledged) it, which the hop latencies need.
+    """
+    append_time = {"message.timestamp.type": "LogAppendTime"}
+    configs = {
+        topics.ledger: {"cleanup.policy": "compact", **append_time},
+        topics.completions: append_time,
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(name, partitions, 1, topic_configs=configs.get(name, {}))
+                for name in topics.all()
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Remove a scenario's topics (the restore topic alone holds gigabytes)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(KafkaError):
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of a group's committed offsets over the partitions of one topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(
+        meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
+    )

@@ -1,0 +1,231 @@
+"""genrelay end to end: relay replicas in child processes against the emulator at zero
+inference time, one small PNG per job.
+
+A run has three phases on the same replicas:
+
+1. warm-up (connections, bucket, JWKS; not measured);
+2. burst: every job produced at once; jobs/s is the job count over the time from the first
+   record produced to the broker's append of the last completion event; CPU seconds of each
+   process over the same interval;
+3. paced: jobs offered at `Plan.paced_share` of the burst's throughput, so the hop latencies
+   are genrelay's own rather than time spent queueing behind a saturated CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from genrelay.bench.context import Bench
+from genrelay.bench.hops import Histogram, TopicTimes, parse_histograms
+from genrelay.bench.measure import CpuWatch, peak_rss_bytes, rss_bytes, summary_ms
+from genrelay.bench.profile import Profiler
+from genrelay.bench.services import (
+    EmulatorProcess,
+    RelayFleet,
+    create_topics,
+    delete_topics,
+    provider_calls,
+    relay_settings,
+    spend,
+)
+from genrelay.bench.workload import CompletionWatch, RequestProducer
+from genrelay.schemas.topics import Topics
+
+# Without webhooks the relay learns outcomes by polling after this grace; at zero inference
+# time the first poll finds the result. An operator would set it near the expected run time.
+POLL_GRACE_WITHOUT_WEBHOOKS = 1.0
+TRANSFER_HISTOGRAMS = ("genrelay_download_duration_seconds", "genrelay_upload_duration_seconds")
+_WEBHOOK_SAMPLE = 200
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RelayRun:
+    """One genrelay measurement: which mode, how many replicas, which phases."""
+
+    name: str
+    webhooks: bool = True
+    replicas: int = 1
+    paced: bool = True
+    profile: bool = False
+
+
+def wait_budget(jobs: int) -> float:
+    """Seconds to wait for `jobs` completions before calling the run stuck (≥ 20 jobs/s)."""
+    return max(120.0, jobs / 20)
+
+
+async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
+    """Run the phases and return every figure of this run."""
+    topics = bench.topics(run.name)
+    bootstrap = bench.stack.kafka_bootstrap
+    await create_topics(bootstrap, topics, bench.plan.partitions)
+    try:
+        async with EmulatorProcess(
+            bench.workdir, f"{run.name}-emulator", run_latency="fixed:0"
+        ) as emulator:
+            overrides: dict[str, Any] = {}
+            if not run.webhooks:
+                overrides["poll_grace_seconds"] = POLL_GRACE_WITHOUT_WEBHOOKS
+            settings = relay_settings(bench, topics, emulator, webhooks=run.webhooks, **overrides)
+            async with (
+                RelayFleet(settings, run.replicas, bench.workdir, f"{run.name}-relay") as fleet,
+                RequestProducer(bootstrap) as producer,
+                CompletionWatch(bootstrap, topics.completions) as watch,
+            ):
+                figures = await _phases(bench, run, topics, emulator, fleet, producer, watch)
+                figures["settings"] = {
+                    "replicas": run.replicas,
+                    "webhooks": run.webhooks,
+                    "partitions": settings.partitions,
+                    "max_in_flight": settings.max_in_flight,
+                    "poll_grace_seconds": settings.poll_grace_seconds,
+                    "emulator_run_latency_ms": 0,
+                }
+                return figures
+    finally:
+        await delete_topics(bootstrap, list(topics.all()))
+
+
+async def _phases(
+    bench: Bench,
+    run: RelayRun,
+    topics: Topics,
+    emulator: EmulatorProcess,
+    fleet: RelayFleet,
+    producer: RequestProducer,
+    watch: CompletionWatch,
+) -> dict[str, Any]:
+    plan = bench.plan
+    idle_rss = sum(rss_bytes(pid) for pid in fleet.pids.values())
+    warm = bench.keys(run.name, "warm", plan.warmup)
+    await producer.burst(topics.requests, warm)
+    await watch.wait(warm, wait_budget(len(warm)), fleet.check)
+
+    burst = bench.keys(run.name, "burst", plan.jobs)
+    pids = {**fleet.pids, "emulator": emulator.pid, **bench.infra_pids(), "bench": os.getpid()}
+    before = await _scrape(fleet.ports)
+    cpu = CpuWatch(pids).start()
+    async with _profiled(bench, run, fleet) as profile:
+        started = await producer.burst(topics.requests, burst)
+        done = await watch.wait(burst, wait_budget(len(burst)), fleet.check)
+    spent = cpu.stop()
+    transfer = _transfer_delta(before, await _scrape(fleet.ports))
+    finished = max(c.appended_ms for c in done.values()) / 1000
+    per_second = plan.jobs / (finished - started)
+    relay_cpu = sum(spent.process_seconds.get(name, 0.0) for name in fleet.pids)
+    figures: dict[str, Any] = {
+        "jobs": plan.jobs,
+        "jobs_per_second": round(per_second, 1),
+        "burst_seconds": round(finished - started, 2),
+        "not_succeeded": dict(Counter(c.status for c in done.values() if c.status != "succeeded")),
+        "relay_cpu_ms_per_job": round(relay_cpu / plan.jobs * 1000, 3),
+        "emulator_cpu_ms_per_job": round(
+            spent.process_seconds.get("emulator", 0.0) / plan.jobs * 1000, 3
+        ),
+        "cpu": spent.as_json(),
+        "transfer_from_metrics_ms": transfer,
+    }
+    if profile is not None:
+        figures["profile"] = profile.summary()
+
+    paced: list[str] = []
+    if run.paced:
+        paced = bench.keys(run.name, "paced", plan.paced_jobs)
+        offered = per_second * plan.paced_share
+        await producer.paced(topics.requests, paced, offered)
+        await watch.wait(paced, wait_budget(len(paced)) + len(paced) / offered, fleet.check)
+        figures["paced_offered_jobs_per_second"] = round(offered, 1)
+
+    figures["relay_idle_rss_mb"] = round(idle_rss / _MB, 1)
+    figures["relay_peak_rss_mb"] = round(
+        sum(peak_rss_bytes(pid) for pid in fleet.pids.values()) / _MB, 1
+    )
+    everyone = warm + burst + paced
+    submissions = await emulator.submissions()
+    figures["provider_calls"] = provider_calls(await emulator.stats(), len(everyone))
+    figures["spend"] = spend(submissions, set(everyone))
+    if paced:
+        times = await TopicTimes.read(bench.stack.kafka_bootstrap, topics, submissions)
+        figures["hops_at_saturation"] = times.hops(burst)
+        figures["hops"] = times.hops(paced)
+        if run.webhooks:
+            figures["hops"]["provider_done_to_webhook_ms"] = await _delivery(
+                emulator, times, paced[:_WEBHOOK_SAMPLE]
+            )
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _profiled(
+    bench: Bench, run: RelayRun, fleet: RelayFleet
+) -> AsyncIterator[Profiler | None]:
+    if not run.profile or bench.profile_dir is None:
+        yield None
+        return
+    pid = next(iter(fleet.pids.values()))
+    async with Profiler(pid, bench.profile_dir / f"{run.name}-relay.collapsed") as profiler:
+        yield profiler
+
+
+async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
+    """The relays' transfer histograms from `/metrics`, summed; None if not exposed."""
+    merged: dict[str, Histogram] = {}
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for port in ports:
+            try:
+                response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            except httpx.HTTPError:
+                return None
+            if response.status_code != 200:
+                return None
+            for name, histogram in parse_histograms(response.text, TRANSFER_HISTOGRAMS).items():
+                previous = merged.get(name)
+                merged[name] = histogram if previous is None else _add(previous, histogram)
+    return merged or None
+
+
+def _add(a: Histogram, b: Histogram) -> Histogram:
+    other = dict(b.buckets)
+    return Histogram(
+        tuple((le, n + other.get(le, 0.0)) for le, n in a.buckets),
+        a.total + b.total,
+        a.count + b.count,
+    )
+
+
+def _transfer_delta(
+    before: dict[str, Histogram] | None, after: dict[str, Histogram] | None
+) -> dict[str, Any] | None:
+    if after is None:
+        return None
+    return {
+        name.removeprefix("genrelay_").removesuffix("_duration_seconds"): histogram.minus(
+            (before or {}).get(name)
+        ).summary_ms()
+        for name, histogram in after.items()
+    }
+
+
+async def _delivery(
+    emulator: EmulatorProcess, times: TopicTimes, keys: list[str]
+) -> dict[str, float | int | None]:
+    """Provider side, for context: the emulator's completion to the relay's hand-over of the
+    verified webhook (sending, HTTP, signature check); not one of genrelay's own hops."""
+    delays: list[float] = []
+    for key in keys:
+        request_id = times.request_ids.get(key)
+        hook = times.hook_ms.get(key)
+        if request_id is None or hook is None:
+            continue
+        completed = (await emulator.describe(request_id)).get("completed_at")
+        if completed is not None:
+            delays.append(hook - float(completed) * 1000)
+    return summary_ms(delays)
