@@ -134,7 +134,7 @@ def test_wheel_carries_every_part(tmp_path: Path) -> None:
     # -S skips site processing, so the editable install's finder cannot answer the imports.
     probe = (
         "import genrelay.consumer, genrelay.producers, genrelay.schemas, genrelay.emulator;"
-        "import genrelay.deploy.local.stack;"
+        "import genrelay.deploy.local.stack, genrelay.bench.cli, genrelay.chaos.cli;"
         "print(genrelay.consumer.__file__)"
     )
     done = subprocess.run(
