@@ -134,6 +134,8 @@ async def _guarded(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, An
 
 
 def _errors(node: Any) -> bool:
+    """A failed scenario, or a job that failed although the emulator injects no failures."""
     if isinstance(node, dict):
-        return "error" in node or any(_errors(v) for v in node.values())
+        failed = "error" in node or bool(node.get("not_succeeded")) or bool(node.get("errors"))
+        return failed or any(_errors(v) for v in node.values())
     return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ from genrelay.deploy.local.replicas import RelayProcess
 from genrelay.schemas.topics import Topics
 
 EMULATOR_KEY = "emulator-key"
+_ANNOUNCED = re.compile(r"http://127\.0\.0\.1:\d+")
 # Calls a client makes to the provider (webhooks go the other way and are not counted).
 PROVIDER_CALLS = (
     "submissions",
@@ -39,17 +41,20 @@ PROVIDER_CALLS = (
 
 
 class EmulatorProcess:
-    """`python -m genrelay.emulator` on a free port, with the given settings as flags."""
+    """`python -m genrelay.emulator` with the given settings as flags.
+
+    It binds a port of its own choosing and announces its URL on its first line of output,
+    so no other program on the machine can take the port between choosing and binding.
+    """
 
     def __init__(self, workdir: Path, name: str, **settings: str) -> None:
-        self.port = free_port()
-        flags = {"port": str(self.port), "seed": "1", **settings}
+        flags = {"port": "0", "seed": "1", **settings}
         argv = [sys.executable, "-m", "genrelay.emulator", "--log-level", "WARNING"]
         for flag, value in flags.items():
             argv += ["--" + flag.replace("_", "-"), value]
         self.process = ManagedProcess(name, argv, workdir / f"{name}.log")
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=120.0)
+        self.base_url = ""
+        self._http = httpx.AsyncClient(timeout=120.0)
 
     @property
     def jwks_url(self) -> str:
@@ -63,13 +68,20 @@ class EmulatorProcess:
     async def __aenter__(self) -> Self:
         self.process.start()
         async with asyncio.timeout(60):
-            while True:
+            while not (url := self._announced()):
                 if self.process.exit_code() is not None:
                     raise self.process.fail("exited during start")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await self._http.get("/_emulator/health")).status_code == 200:
-                        return self
-                await asyncio.sleep(0.1)
+                # Polling is deliberate: the state belongs to another process.
+                await asyncio.sleep(0.05)
+        self.base_url = url
+        return self
+
+    def _announced(self) -> str:
+        try:
+            lines = self.process.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return next((line for line in lines if _ANNOUNCED.fullmatch(line)), "")
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.aclose()
@@ -77,21 +89,21 @@ class EmulatorProcess:
 
     async def stats(self) -> dict[str, Any]:
         """The emulator's counters (`/_emulator/stats`)."""
-        response = await self._http.get("/_emulator/stats")
+        response = await self._http.get(f"{self.base_url}/_emulator/stats")
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats
 
     async def submissions(self) -> list[dict[str, Any]]:
         """Every accepted (paid) submission, in arrival order."""
-        response = await self._http.get("/_emulator/submissions")
+        response = await self._http.get(f"{self.base_url}/_emulator/submissions")
         response.raise_for_status()
         items: list[dict[str, Any]] = response.json()["submissions"]
         return items
 
     async def describe(self, request_id: str) -> dict[str, Any]:
         """The emulator's view of one request (its `completed_at`, for instance)."""
-        response = await self._http.get(f"/_emulator/requests/{request_id}")
+        response = await self._http.get(f"{self.base_url}/_emulator/requests/{request_id}")
         response.raise_for_status()
         view: dict[str, Any] = response.json()
         return view
