@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ async def send_durably(
             )
             return
         except KafkaError as exc:
-            if not exc.retriable:
+            # aiokafka marks its own timeout (a full accumulator, an unacknowledged batch) as
+            # not retriable, but for a record that must land, waiting longer is the answer.
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                 raise
             log.warning("produce to %s not acknowledged, retrying in %.1f s: %r", topic, pause, exc)
         await asyncio.sleep(pause)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiokafka.errors import LeaderNotAvailableError, UnsupportedVersionError
+from aiokafka.errors import KafkaTimeoutError, LeaderNotAvailableError, UnsupportedVersionError
 
 from genrelay.consumer import durable
 from genrelay.consumer.durable import send_durably
@@ -28,7 +28,7 @@ def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_retriable_errors_are_retried_until_acknowledged() -> None:
-    producer = FlakyProducer([LeaderNotAvailableError(), LeaderNotAvailableError()])
+    producer = FlakyProducer([LeaderNotAvailableError(), KafkaTimeoutError()])
     await send_durably(producer, "t", b"v", key=b"k")  # type: ignore[arg-type]
     assert producer.sent == [("t", b"v")]
 
