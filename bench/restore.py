@@ -27,6 +27,7 @@ from genrelay.bench.measure import available_memory_bytes, rss_bytes
 from genrelay.bench.services import delete_topics
 from genrelay.bench.workload import ENDPOINT, IMAGE_SIZE
 from genrelay.consumer.ledger import Ledger
+from genrelay.consumer.partition_writer import Writers
 from genrelay.schemas.completions import Artifact, CompletionEvent, Timings
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 
@@ -41,7 +42,7 @@ class NotEnoughMemoryError(RuntimeError):
     """The restore would not fit in the memory available now."""
 
 
-def _template() -> str:
+def record_template() -> str:
     """One COMPLETED record as JSON, with `%(field)s` where per-key values go."""
     now = datetime.now(UTC)
     mark = {name: f"@@{name}@@" for name in _FIELDS}
@@ -147,7 +148,10 @@ def _bytes_per_record(template: str) -> float:
     return per_record
 
 
-async def _fill(bootstrap: str, topic: str, template: str, prefix: str, keys: int) -> None:
+async def fill(
+    bootstrap: str, topic: str, template: str, prefix: str, keys: int, *, partition: int = 0
+) -> None:
+    """Produce `keys` COMPLETED ledger records to one partition, fast."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks=1,
@@ -169,7 +173,7 @@ async def _fill(bootstrap: str, topic: str, template: str, prefix: str, keys: in
                     break
                 n += 1
             batch.close()
-            sent.append(await producer.send_batch(batch, topic, partition=0))
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -178,7 +182,7 @@ async def _fill(bootstrap: str, topic: str, template: str, prefix: str, keys: in
 async def restore(bench: Bench) -> dict[str, Any]:
     """Fill one ledger partition, then time `Ledger.restore` of it."""
     keys = bench.plan.ledger_keys
-    template = _template()
+    template = record_template()
     per_record = _bytes_per_record(template)
     # Resident memory ran about a quarter above the traced Python objects (allocator overhead).
     need = per_record * keys * 1.3
@@ -199,7 +203,7 @@ async def restore(bench: Bench) -> dict[str, Any]:
         await admin.close()
     try:
         began = time.monotonic()
-        await _fill(bootstrap, topic, template, f"bench-{bench.run_id}-restore", keys)
+        await fill(bootstrap, topic, template, f"bench-{bench.run_id}-restore", keys)
         filled = time.monotonic() - began
         return await _timed_restore(bootstrap, topic, keys, filled, len(template))
     finally:
@@ -210,9 +214,8 @@ async def restore(bench: Bench) -> dict[str, Any]:
 async def _timed_restore(
     bootstrap: str, topic: str, keys: int, filled: float, record_bytes: int
 ) -> dict[str, Any]:
-    # The ledger only reads here; its producer is never started.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    ledger = Ledger(producer, bootstrap, topic)
+    # The ledger only reads here: it owns no writers.
+    ledger = Ledger(Writers(), bootstrap, topic)
     gc.collect()
     rss_before, cpu_before = rss_bytes(os.getpid()), time.process_time()
     stats = await ledger.restore([0])
@@ -220,7 +223,6 @@ async def _timed_restore(
     held = rss_bytes(os.getpid()) - rss_before
     restored = len(ledger)
     del ledger
-    await producer.stop()
     return {
         "keys": keys,
         "keys_restored": restored,

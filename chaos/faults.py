@@ -98,6 +98,16 @@ class Injector:
             finally:
                 await self.replicas.restart(index)
 
+    async def pause_replica(self, index: int, paused_s: float) -> None:
+        """SIGSTOP one replica for `paused_s` (past the session timeout: the group moves its
+        partitions), then SIGCONT: it wakes up believing it still owns them."""
+        async with self.fault(f"SIGSTOP relay {paused_s:g} s", self.replicas.name(index)):
+            await self.replicas.freeze(index, True)
+            try:
+                await asyncio.sleep(paused_s)
+            finally:
+                await self.replicas.freeze(index, False)
+
     async def outage(
         self, server: Literal["kafka", "minio"], down_s: float, *, hard: bool = False
     ) -> None:

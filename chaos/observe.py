@@ -29,6 +29,8 @@ class TopicTail:
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            # What downstream consumers see: committed transactions only.
+            isolation_level="read_committed",
         )
 
     async def __aenter__(self) -> TopicTail:
@@ -92,13 +94,29 @@ class Completions:
         return sum(1 for key in keys if key in self.events)
 
 
+# How far along a key is; its committed ledger states may only move up (or stay).
+_PHASE_RANK = {
+    "SUBMITTING": 0,
+    "UNKNOWN": 0,  # both mean "the POST may have happened"; a policy may re-post from here
+    "SUBMITTED": 1,
+    "RESULT_READY": 2,
+    "STORED": 3,
+    "COMPLETED": 4,
+    "FAILED": 4,
+    "CANCELLED": 4,
+    "EXPIRED": 4,
+}
+
+
 @dataclass
 class LedgerTally:
-    """Keys whose ambiguous submit was adopted from a webhook, and deliberate resubmissions."""
+    """Keys whose ambiguous submit was adopted from a webhook, deliberate resubmissions, and
+    keys whose committed state ever went backwards (a stale owner's write that landed)."""
 
     adopted: set[str] = field(default_factory=set)
     resubmissions: Counter[str] = field(default_factory=Counter)
     phases: dict[str, str] = field(default_factory=dict)
+    regressed: dict[str, str] = field(default_factory=dict)
 
     def record(self, message: Any) -> None:
         if message.value is None:
@@ -112,4 +130,15 @@ class LedgerTally:
             self.adopted.add(key)
         if state.get("resubmissions"):
             self.resubmissions[key] = max(self.resubmissions[key], int(state["resubmissions"]))
-        self.phases[key] = str(state.get("phase"))
+        phase = str(state.get("phase"))
+        before = self.phases.get(key)
+        if before is not None and _went_back(before, phase):
+            self.regressed.setdefault(key, f"{before} -> {phase}")
+        self.phases[key] = phase
+
+
+def _went_back(before: str, after: str) -> bool:
+    rank_before, rank_after = _PHASE_RANK.get(before, -1), _PHASE_RANK.get(after, -1)
+    if rank_after < rank_before:
+        return True
+    return rank_before == _PHASE_RANK["COMPLETED"] and after != before

@@ -40,6 +40,7 @@ class ReplicaSet:
         self._locks = [asyncio.Lock() for _ in self._settings]
         self._down: set[int] = set()
         self.kills = 0
+        self.pauses = 0
         self.crashes: list[Crash] = []
 
     def __len__(self) -> int:
@@ -83,6 +84,18 @@ class ReplicaSet:
             if proc is not None:
                 await asyncio.to_thread(proc.kill)
             self.kills += 1
+
+    async def freeze(self, index: int, frozen: bool) -> None:
+        """SIGSTOP one replica (it keeps its sockets but runs nothing), or SIGCONT it again."""
+        async with self._locks[index]:
+            proc = self._procs[index]
+            if frozen:
+                self._down.add(index)  # not a crash: the supervisor leaves it alone
+                self.pauses += 1
+            else:
+                self._down.discard(index)
+            if proc is not None:
+                proc.process.freeze(frozen)
 
     async def restart(self, index: int) -> None:
         """Start a killed replica again with the same settings; waits until it is ready."""

@@ -356,6 +356,8 @@ def _report(
         "ambiguous submits adopted from webhooks": len(tally.adopted.intersection(keys)),
         "deliberate resubmissions": sum(tally.resubmissions.values()),
         "replica kills": r.replicas.kills,
+        "replica pauses": r.replicas.pauses,
+        "ledger regressions": len(tally.regressed.keys() & set(keys)),
         "replica crashes": len(r.replicas.crashes),
     }
     if stats["rejected_submits"]:
@@ -379,6 +381,9 @@ def _report(
         evidence={
             "lost (last ledger phase)": [f"{k} ({tally.phases.get(k, 'none')})" for k in lost[:5]],
             "several events": several[:5],
+            "ledger went back": [
+                f"{k}: {tally.regressed[k]}" for k in keys if k in tally.regressed
+            ][:5],
             "paid more than once (run clock)": [
                 f"{k} at t=" + ", ".join(f"{t:.1f}" for t in paid_at[k]) for k in list(extra)[:5]
             ],

@@ -68,6 +68,19 @@ async def _kill_replicas(f: Injector, size: Size) -> None:
         await _pause(size.gap_s)
 
 
+async def _paused_replica(f: Injector, size: Size) -> None:
+    await f.produced(0.3)
+    for _ in range(size.repeat):
+        # Some keys are in a 429 back-off when the replica stops, others wait for a slot.
+        storm = asyncio.create_task(f.rate_limit_storm(size.fault_s / 2))
+        try:
+            await asyncio.sleep(min(1.0, size.fault_s / 4))
+            await f.pause_replica(0, size.fault_s)
+        finally:
+            await storm
+        await _pause(size.gap_s)
+
+
 async def _broker_restart(f: Injector, size: Size) -> None:
     await f.produced(0.25)
     for _ in range(size.repeat):
@@ -193,6 +206,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         full=Size(_load(500, 50), cap_s=240, fault_s=1.0, repeat=6, gap_s=3.0),
         smoke=Size(_load(30, 6), cap_s=120, fault_s=0.5, repeat=2, gap_s=2.0),
         replicas=3,
+    ),
+    Scenario(
+        "paused-replica",
+        "2 replicas with few slots; one is frozen (SIGSTOP) during a 429 storm for longer than "
+        "the session timeout, its partitions move, then it wakes (SIGCONT) still believing "
+        "it owns them: it must neither write their ledger nor post for their keys",
+        _paused_replica,
+        full=Size(_load(400, 40), cap_s=300, fault_s=12.0, repeat=2, gap_s=6.0),
+        smoke=Size(_load(60, 6), cap_s=150, fault_s=10.0),
+        replicas=2,
+        relay={"max_in_flight": 6},
     ),
     Scenario(
         "broker-restart",

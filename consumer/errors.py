@@ -6,6 +6,8 @@ exception. Whether an error may be retried is a property of its class (``retryab
 
     GenrelayError
     ├── ClosedError            a resource was used after it was closed
+    ├── Fenced                 this replica no longer owns the partition: write and post nothing
+    ├── RecordTooLarge         a record exceeds what the broker accepts; it was not written
     ├── ProviderError
     │   ├── NotSent            provably never reached the provider: retry freely
     │   ├── MaybeSent          may have been accepted: never re-POST, reconcile
@@ -43,6 +45,26 @@ class GenrelayError(Exception):
 
 class ClosedError(GenrelayError):
     """A resource was used after ``aclose()``."""
+
+
+class Fenced(GenrelayError):
+    """This replica no longer owns a partition: it may neither write its state nor act for its keys.
+
+    Raised when the broker refuses the partition's transactional producer (a newer owner has
+    initialised the same transactional id) or when the partition was released here.
+    """
+
+    def __init__(self, partition: int, reason: str) -> None:
+        super().__init__(f"partition {partition} is no longer owned here: {reason}")
+        self.partition = partition
+
+
+class RecordTooLarge(GenrelayError):
+    """A record is larger than the producer and broker accept; it was not written."""
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(f"a {size}-byte record for {topic} exceeds the record size limit")
+        self.size = size
 
 
 class ProviderError(GenrelayError):

@@ -1,7 +1,10 @@
 """Events: what genrelay announces on Kafka (completions, progress, dead letters).
 
 Completions are keyed by idempotency key; a redelivery after a crash is the identical event
-(same `event_id`), so consumers can dedupe.
+(same `event_id`), so consumers can dedupe. Everything written for an owned partition goes
+through that partition's fenced writer, in a transaction: consumers of these topics read with
+`isolation_level=read_committed`. Records from inputs outside the co-partitioned topics (a
+team's own topic) are re-keyed or dead-lettered by the plain producer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from genrelay.consumer.durable import send_durably
 from genrelay.consumer.intake import SourceRecord
 from genrelay.consumer.metrics import RelayMetrics
+from genrelay.consumer.partition_writer import Outgoing, Writers
 from genrelay.consumer.provider import JobState
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import CompletionEvent
@@ -23,23 +27,30 @@ from genrelay.schemas.topics import Topics
 
 
 class KafkaPublisher:
-    """Produces genrelay's outgoing records and waits for each acknowledgement."""
+    """Builds genrelay's outgoing records and writes them through the owning partition."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        writers: Writers,
+        topics: Topics,
+        metrics: RelayMetrics,
+    ) -> None:
         self._producer = producer
+        self._writers = writers
         self._topics = topics
         self._metrics = metrics
 
-    async def completion(self, event: CompletionEvent) -> None:
-        await send_durably(
-            self._producer,
-            self._topics.completions,
-            to_json_bytes(event),
-            key=event.idempotency_key.encode(),
+    def completion_record(self, event: CompletionEvent) -> Outgoing:
+        return Outgoing(
+            self._topics.completions, to_json_bytes(event), event.idempotency_key.encode()
         )
 
+    async def completion(self, event: CompletionEvent, partition: int) -> None:
+        await self._writers.get(partition).write(self.completion_record(event))
+
     async def progress(
-        self, key: str, job: ProviderJob, state: JobState, position: int | None
+        self, key: str, job: ProviderJob, state: JobState, position: int | None, partition: int
     ) -> None:
         event = ProgressEvent(
             idempotency_key=key,
@@ -48,34 +59,36 @@ class KafkaPublisher:
             queue_position=position,
             at=datetime.now(UTC),
         )
-        # Progress is informative: no need to hold the job for its acknowledgement.
-        await self._producer.send(self._topics.progress, to_json_bytes(event), key=key.encode())
+        # Progress is informative: no need to hold the job until its transaction commits.
+        record = Outgoing(self._topics.progress, to_json_bytes(event), key.encode())
+        self._writers.get(partition).submit((record,))
 
-    async def dead_letter(self, source: SourceRecord, reason: str, error: str) -> None:
-        """Copy the original record, bytes and headers, with why it was refused."""
+    def dead_letter_record(self, source: SourceRecord, reason: str, error: str) -> Outgoing:
+        """The original record, bytes and headers, with why it was refused."""
         info = DeadLetterInfo(reason, error, source.topic, source.partition, source.offset)
-        await send_durably(
-            self._producer,
+        self._metrics.dead_lettered(reason)
+        return Outgoing(
             self._topics.dead_letter,
             source.value,
-            key=source.key,
-            headers=[*source.headers, *info.to_headers()],
-        )
-        self._metrics.dead_lettered(reason)
-
-    async def conflict(self, source: SourceRecord) -> None:
-        await self.dead_letter(
-            source,
-            DeadLetterReason.IDEMPOTENCY_CONFLICT.value,
-            "this idempotency key was first used with a different payload",
+            source.key,
+            headers=(*source.headers, *info.to_headers()),
         )
 
-    async def rekey(self, source: SourceRecord, key: str) -> None:
-        """Put the record on the requests topic under its idempotency key."""
+    async def conflict(self, source: SourceRecord, partition: int) -> None:
+        reason = DeadLetterReason.IDEMPOTENCY_CONFLICT.value
+        error = "this idempotency key was first used with a different payload"
+        await self._writers.get(partition).write(self.dead_letter_record(source, reason, error))
+
+    def rekey_record(self, source: SourceRecord, key: str) -> Outgoing:
+        """The record, for the requests topic under its idempotency key."""
+        return Outgoing(self._topics.requests, source.value, key.encode(), headers=source.headers)
+
+    async def forward_plain(self, record: Outgoing) -> None:
+        """Produce a record from a non-co-partitioned input (acknowledged, not transactional)."""
         await send_durably(
             self._producer,
-            self._topics.requests,
-            source.value,
-            key=key.encode(),
-            headers=list(source.headers),
+            record.topic,
+            record.value,
+            key=record.key,
+            headers=list(record.headers),
         )

@@ -14,18 +14,21 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.errors import Fenced
 from genrelay.consumer.intake import SourceRecord
 from genrelay.consumer.ledger import Ledger
 from genrelay.consumer.logs import job_context
+from genrelay.consumer.partition_writer import Outgoing
 from genrelay.consumer.provider import Priority
 from genrelay.consumer.slots import Slots
 from genrelay.consumer.steps import Later, Observers, Steps, StillRunning
 from genrelay.consumer.telemetry import job_span, trace_id_of, traceparent_of
+from genrelay.schemas.completions import CompletionEvent
 from genrelay.schemas.ledger import LedgerRecord, Phase
 
 
@@ -47,6 +50,7 @@ class _Actor:
     )
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
     slot: tuple[str, str | None] | None = None  # (endpoint, tenant) while holding a slot
     retries: int = 0  # consecutive transient failures of the current step
     closed: bool = False
@@ -123,7 +127,8 @@ class Jobs:
             record = self._ledger.get(key)
             if record is None or (record.terminal and record.published):
                 continue
-            if record.phase not in (Phase.SUBMITTING, Phase.UNKNOWN) or record.job is not None:
+            waiting = (Phase.ACCEPTED, Phase.SUBMITTING, Phase.UNKNOWN)
+            if record.phase not in waiting or record.job is not None:
                 # Already at the provider: it counts against the limits without waiting.
                 self._force_slot(self._actor(key, partition), record)
             self.deliver(key, partition, lc.Restored())
@@ -139,8 +144,8 @@ class Jobs:
         leaving = [a for a in self._actors.values() if a.partition in partitions]
         for actor in leaving:
             actor.closed = True
-            if actor.timer:
-                actor.timer.cancel()
+            self._cancel_timer(actor)
+            self._cancel_slot_wait(actor)
         running = [a.task for a in leaving if a.task and not a.task.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -185,6 +190,15 @@ class Jobs:
             self._on_crash(exc)
 
     async def _run(self, actor: _Actor) -> None:
+        try:
+            await self._drain_inbox(actor)
+        except Fenced:
+            # Another replica owns this key now and has read its committed state: stop here,
+            # with nothing written and nothing posted since the last committed transaction.
+            actor.closed = True
+            self._drop(actor)
+
+    async def _drain_inbox(self, actor: _Actor) -> None:
         while actor.inbox and not actor.closed:
             event, on_done, source = actor.inbox.popleft()
             record = self._ledger.get(actor.key)
@@ -214,6 +228,9 @@ class Jobs:
             if decision.record.terminal:
                 self._release_slot(actor)
                 self._cancel_timer(actor)  # a pending poll or retry has nothing left to do
+                self._cancel_slot_wait(actor)
+        elif isinstance(event, lc.SlotGranted):
+            self._release_slot(actor)  # granted to a key that no longer needs it (cancelled)
         for effect in decision.effects:
             await self._perform(actor, effect, source)
 
@@ -236,12 +253,16 @@ class Jobs:
         record = self._ledger.get(actor.key)
         assert record is not None or isinstance(effect, lc.Conflict)
         match effect:
+            case lc.AcquireSlot():
+                assert record is not None
+                self._await_slot(actor, record)
             case lc.Post():
                 await self._submit(actor)
             case lc.PostLater(at=at):
                 self._schedule(actor, (at - _now()).total_seconds(), lc.RetryDue())
-            case lc.AwaitAdoption():
-                self._schedule(actor, self._timing.unknown_grace, lc.UnknownUnresolved())
+            case lc.AwaitAdoption(since=since):
+                due = since + timedelta(seconds=self._timing.unknown_grace)
+                self._schedule(actor, (due - _now()).total_seconds(), lc.UnknownUnresolved())
             case lc.Watch():
                 actor.retries = 0
                 self._schedule(actor, self._timing.poll_grace, _POLL_DUE)
@@ -251,15 +272,29 @@ class Jobs:
                 await self._store(actor)
             case lc.Publish(event=event):
                 assert record is not None
-                await self._steps.publish(event, record.traceparent)
-                await self._apply(actor, lc.Published())
+                await self._publish(actor, record, event)
             case lc.Replay(event=event):
-                await self._steps.replay(event)
+                await self._steps.replay(event, actor.partition)
             case lc.Conflict():
-                await self._steps.conflict(source)
+                await self._steps.conflict(source, actor.partition)
             case lc.CancelAtProvider(job=job):
                 assert record is not None
                 await self._steps.cancel(record, job)
+
+    async def _publish(self, actor: _Actor, record: LedgerRecord, event: CompletionEvent) -> None:
+        # The event and the ledger's note that it was announced commit in one transaction,
+        # so a crash can neither lose the event nor announce it twice.
+        announced = lc.decide(record, lc.Published(), actor.key, _now(), self._policy)
+        assert announced.record is not None
+        assert not announced.effects
+
+        async def commit(completion: Outgoing) -> None:
+            assert announced.record is not None
+            await self._ledger.write(announced.record, actor.partition, also=(completion,))
+
+        await self._steps.publish(event, record.traceparent, commit)
+        self._release_slot(actor)
+        self._cancel_timer(actor)
 
     async def _internal(self, actor: _Actor, due: _Internal) -> None:
         record = self._ledger.get(actor.key)
@@ -278,18 +313,23 @@ class Jobs:
         record = self._ledger.get(actor.key)
         assert record is not None
         assert record.phase is Phase.SUBMITTING
-        await self._hold_slot(actor, record)
+        waited = await self._hold_slot(actor, record)
         if actor.closed:
             # The partition was revoked while this key waited for its intent to be durable or
             # for a slot. Its new owner may already be submitting it: never post from here.
             return
+        if waited:
+            # The intent was committed before the wait; the partition may have moved since.
+            # Committing again proves this replica still owns it (`Fenced` otherwise).
+            touched = record.model_copy(update={"updated_at": _now()})
+            await self._ledger.write(touched, actor.partition)
         outcome = await self._steps.submit(record)
         await self._apply(actor, outcome)
         if isinstance(outcome, lc.Accepted):
             failpoints.reached("after_submitted")
 
     async def _poll(self, actor: _Actor, record: LedgerRecord) -> None:
-        outcome = await self._steps.poll(record)
+        outcome = await self._steps.poll(record, actor.partition)
         if outcome is None:
             await self._fetch(actor)
         elif isinstance(outcome, StillRunning | Later):
@@ -329,9 +369,7 @@ class Jobs:
         def fire() -> None:
             actor.timer = None
             if not actor.closed:
-                actor.inbox.append((event, None, None))
-                self._actors.setdefault(actor.key, actor)
-                self._ensure_running(actor)
+                self._deliver_internal(actor, event)
 
         actor.timer = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
 
@@ -355,11 +393,46 @@ class Jobs:
         base = min(self._timing.retry_max, self._timing.retry_base * 2.0 ** max(0, attempt - 1))
         return base * random.uniform(0.5, 1.0)
 
-    async def _hold_slot(self, actor: _Actor, record: LedgerRecord) -> None:
-        if actor.slot is None:
-            priority = record.request.get("priority") or "normal"
-            await self._slots.acquire(record.endpoint, Priority(priority))
+    def _await_slot(self, actor: _Actor, record: LedgerRecord) -> None:
+        """Wait for a slot beside the actor, so a cancel can still reach the key meanwhile."""
+        if actor.closed or actor.slot_wait is not None:
+            return
+        if actor.slot is not None:
+            self._deliver_internal(actor, lc.SlotGranted())
+            return
+
+        async def wait() -> None:
+            priority = Priority(record.request.get("priority") or "normal")
+            await self._slots.acquire(record.endpoint, priority)
+            actor.slot_wait = None
             self._note_slot(actor, record)
+            if actor.closed:
+                self._release_slot(actor)
+                return
+            self._deliver_internal(actor, lc.SlotGranted())
+
+        actor.slot_wait = asyncio.get_running_loop().create_task(wait())
+        actor.slot_wait.add_done_callback(self._check_crash)
+
+    def _cancel_slot_wait(self, actor: _Actor) -> None:
+        if actor.slot_wait is not None:
+            actor.slot_wait.cancel()
+            actor.slot_wait = None
+
+    def _deliver_internal(self, actor: _Actor, event: lc.Event | _Internal) -> None:
+        actor.inbox.append((event, None, None))
+        self._actors.setdefault(actor.key, actor)
+        self._ensure_running(actor)
+
+    async def _hold_slot(self, actor: _Actor, record: LedgerRecord) -> bool:
+        """Take a slot for the key; True when it had to wait for one."""
+        if actor.slot is not None:
+            return False
+        priority = Priority(record.request.get("priority") or "normal")
+        waited = not self._slots.available(record.endpoint)
+        await self._slots.acquire(record.endpoint, priority)
+        self._note_slot(actor, record)
+        return waited
 
     def _force_slot(self, actor: _Actor, record: LedgerRecord) -> None:
         if actor.slot is None:
@@ -384,12 +457,13 @@ class Jobs:
     def _maybe_forget(self, actor: _Actor) -> None:
         # Finished keys keep only their ledger record; the actor object is dropped.
         record = self._ledger.get(actor.key)
-        idle = not actor.inbox and actor.timer is None
+        idle = not actor.inbox and actor.timer is None and actor.slot_wait is None
         if idle and (record is None or (record.terminal and record.published)):
             self._drop(actor)
 
     def _drop(self, actor: _Actor) -> None:
         self._cancel_timer(actor)
+        self._cancel_slot_wait(actor)
         self._release_slot(actor)
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]

@@ -1,8 +1,9 @@
 """The ledger: each key's full state on a compacted topic, co-partitioned with the requests.
 
-The replica that owns requests partition *p* owns ledger partition *p*. On assignment it reads
-that partition from the beginning to its end before any of its records are dispatched; every
-transition is produced (and acknowledged) before the side effect that depends on it.
+The replica that owns requests partition *p* owns ledger partition *p*. On assignment it first
+fences earlier owners (its partition writer), then reads that partition's committed records
+from the beginning to their end before any of its records are dispatched; every transition is
+committed, in the partition's transaction, before the side effect that depends on it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from genrelay.consumer.durable import send_durably
+from genrelay.consumer.partition_writer import Outgoing, Writers
 from genrelay.schemas.ledger import LedgerRecord
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,10 @@ def _in_memory(record: LedgerRecord) -> LedgerRecord:
 
 
 class Ledger:
-    """In-memory view of the owned ledger partitions, written through to Kafka."""
+    """In-memory view of the owned ledger partitions, written through their fenced writers."""
 
-    def __init__(self, producer: AIOKafkaProducer, bootstrap: str, topic: str) -> None:
-        self._producer = producer
+    def __init__(self, writers: Writers, bootstrap: str, topic: str) -> None:
+        self._writers = writers
         self._bootstrap = bootstrap
         self.topic = topic
         self._records: dict[str, LedgerRecord] = {}
@@ -59,11 +60,14 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._records)
 
-    async def write(self, record: LedgerRecord, partition: int) -> None:
-        """Produce the new state and wait for the broker's acknowledgement."""
+    async def write(
+        self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
+    ) -> None:
+        """Commit the new state (with `also`, atomically); `Fenced` if no longer the owner."""
         key = record.idempotency_key
         value = record.model_dump_json().encode()
-        await send_durably(self._producer, self.topic, value, key=key.encode(), partition=partition)
+        state = Outgoing(self.topic, value, key.encode(), partition)
+        await self._writers.get(partition).write(state, *also)
         self._records[key] = _in_memory(record)
         self._partition_of[key] = partition
 
@@ -76,10 +80,9 @@ class Ledger:
             and rec.published
             and rec.updated_at < now - window
         ]
+        writer = self._writers.get(partition)
         for key in expired:
-            await send_durably(
-                self._producer, self.topic, None, key=key.encode(), partition=partition
-            )
+            await writer.write(Outgoing(self.topic, None, key.encode(), partition))
             self._drop(key)
         return len(expired)
 
@@ -94,7 +97,11 @@ class Ledger:
         self._partition_of.pop(key, None)
 
     async def restore(self, partitions: Iterable[int]) -> RestoreStats:
-        """Read the given ledger partitions from the beginning to their current end."""
+        """Read the given ledger partitions' committed records from the beginning to their end.
+
+        Call it after the partitions' writers have started: that aborted any transaction an
+        earlier owner left open, so the end read here is final for the previous owners.
+        """
         wanted = [TopicPartition(self.topic, p) for p in partitions]
         if not wanted:
             return RestoreStats((), 0, 0, 0.0)
@@ -103,6 +110,7 @@ class Ledger:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()
@@ -123,7 +131,8 @@ class Ledger:
         remaining = {tp for tp in wanted if ends[tp] > 0}
         # Compaction leaves gaps, so a partition is done by its position, not by a last offset.
         while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=20_000)
+            # Small batches: parsing is CPU-bound, and the group's heartbeats share this loop.
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=2_000)
             for tp, messages in batch.items():
                 for message in messages:
                     if message.key is None or message.offset >= ends[tp]:
@@ -131,7 +140,7 @@ class Ledger:
                     read += 1
                     value = message.value
                     record = None if value is None else LedgerRecord.model_validate_json(value)
-                    seen[message.key.decode()] = (tp.partition, record)
+                    seen[message.key.decode()] = (tp.partition, record and _in_memory(record))
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
@@ -139,7 +148,7 @@ class Ledger:
             if record is None:
                 self._drop(key)
             else:
-                self._records[key] = _in_memory(record)
+                self._records[key] = record
                 self._partition_of[key] = partition
         keys = sum(1 for _, record in seen.values() if record is not None)
         stats = RestoreStats(

@@ -1,14 +1,16 @@
 """The life of one idempotency key as a pure function: `(record, event) -> Decision`.
 
-No I/O happens here. The caller writes `Decision.record` to the ledger (and waits for the
-broker's acknowledgement) *before* it performs `Decision.effects`, then feeds what the effects
-learnt back in as new events. Because every transition is here, crash and replay behaviour is
+No I/O happens here. The caller commits `Decision.record` to the ledger (in its partition's
+transaction) *before* it performs `Decision.effects`, then feeds what the effects learnt back
+in as new events. Because every transition is here, crash and replay behaviour is
 a table of cases, and a property test can run any sequence of events through it.
 
-    (none) --submit--> SUBMITTING --accepted--> SUBMITTED --news ok--> RESULT_READY
-                         |   ^  \\--ambiguous/restored--> UNKNOWN --webhook adopts--^
-                         |   '--not sent (retry)            \\--unresolved--> resubmit | FAILED
-                         '--refused--> FAILED
+    (none) --submit--> ACCEPTED --slot granted--> SUBMITTING --accepted--> SUBMITTED
+              cancel (never posted) --> CANCELLED        |  |  ^--not sent (retry, back-off)
+                                                         |  '--refused--> FAILED
+                          ambiguous, or restored here --> UNKNOWN --webhook adopts--> SUBMITTED
+                                                             '--unresolved--> FAILED | resubmit
+    SUBMITTED --news ok--> RESULT_READY
     RESULT_READY --files stored--> STORED --published--> COMPLETED
     any open phase --news error--> FAILED | CANCELLED;  result gone --> EXPIRED
 
@@ -27,7 +29,7 @@ from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail,
 from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord, Phase, ProviderJob
 
 _EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
-OPEN_PHASES = frozenset({Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
+OPEN_PHASES = frozenset({Phase.ACCEPTED, Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
 Status = Literal["succeeded", "failed", "cancelled", "expired"]
 
 
@@ -75,6 +77,11 @@ class Ambiguous:
 @dataclass(frozen=True)
 class Refused:
     error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class SlotGranted:
+    """An in-flight slot is held for the key: it may be posted now."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ Event = (
     | NotSent
     | Ambiguous
     | Refused
+    | SlotGranted
     | RetryDue
     | Restored
     | News
@@ -170,13 +178,21 @@ class Post:
 
 
 @dataclass(frozen=True)
+class AcquireSlot:
+    """Wait for an in-flight slot without blocking the key's other events; `SlotGranted` next."""
+
+
+@dataclass(frozen=True)
 class PostLater:
     at: datetime
 
 
 @dataclass(frozen=True)
 class AwaitAdoption:
-    """Wait for a webhook to reveal the request_id of an ambiguous submit."""
+    """Wait for a webhook to reveal the request_id of an ambiguous submit, until `since` plus
+    the grace period (a durable time, so restarts cannot extend the wait)."""
+
+    since: datetime
 
 
 @dataclass(frozen=True)
@@ -215,7 +231,8 @@ class CancelAtProvider:
 
 
 Effect = (
-    Post
+    AcquireSlot
+    | Post
     | PostLater
     | AwaitAdoption
     | Watch
@@ -258,18 +275,20 @@ def _on_submit(
     record: LedgerRecord | None, cmd: SubmitCommand, key: str, now: datetime
 ) -> Decision:
     if record is None:
+        # Only recorded: the intent to POST is written when a slot is granted, so a key that
+        # waits for one moves to another owner as never posted.
         fresh = LedgerRecord(
             idempotency_key=key,
-            phase=Phase.SUBMITTING,
+            phase=Phase.ACCEPTED,
             fingerprint=cmd.fingerprint,
             endpoint=cmd.endpoint,
             request=dict(cmd.request),
-            attempts=1,
+            attempts=0,
             traceparent=cmd.traceparent,
             accepted_at=now,
             updated_at=now,
         )
-        return Decision(fresh, (Post(),))
+        return Decision(fresh, (AcquireSlot(),))
     if record.phase is Phase.CANCELLED and record.event is None:
         late = record.model_copy(
             update={
@@ -306,9 +325,19 @@ def _on_cancel(record: LedgerRecord | None, key: str, now: datetime) -> Decision
     if record.phase not in OPEN_PHASES or record.cancel_requested:
         return NOTHING
     updated = record.model_copy(update={"cancel_requested": True, "updated_at": now})
+    if _never_posted(record):
+        return _finish(updated, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
     if record.job is not None:
         return Decision(updated, (CancelAtProvider(record.job),))
     return Decision(updated)  # cancelled at the provider as soon as its request_id is known
+
+
+def _never_posted(record: LedgerRecord) -> bool:
+    """Waiting for a slot, or backing off after a submit that provably never arrived."""
+    if record.phase is Phase.ACCEPTED:
+        return True
+    backing_off = record.retry_at is not None and record.last_error is not None
+    return record.phase is Phase.SUBMITTING and backing_off
 
 
 def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Policy) -> Decision:
@@ -324,8 +353,13 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _accepted(record, job, now, adopted=False)
         case NotSent(error=error, retry_after=delay):
             return _not_sent(record, error, delay, now, policy)
+        case SlotGranted() if record.phase is Phase.ACCEPTED:
+            # Written and committed before the POST: from here the key may have been paid for.
+            return _change(record, now, phase=Phase.SUBMITTING, attempts=record.attempts + 1).then(
+                Post()
+            )
         case Ambiguous(error=error) if record.phase is Phase.SUBMITTING:
-            return _change(record, now, phase=Phase.UNKNOWN, last_error=error).then(AwaitAdoption())
+            return _unknown(record, now, last_error=error)
         case Refused(error=error) if record.phase is Phase.SUBMITTING:
             return _finish(record, Phase.FAILED, "failed", error, now)
         case RetryDue() if record.phase is Phase.SUBMITTING and record.retry_at is not None:
@@ -389,19 +423,28 @@ def _not_sent(
 
 def _restored(record: LedgerRecord, now: datetime) -> Decision:
     match record.phase:
+        case Phase.ACCEPTED:
+            return Decision(None, (AcquireSlot(),))
         case Phase.SUBMITTING if record.retry_at is not None and record.last_error is not None:
             # The last attempt provably never reached the provider; its retry is still due.
             return Decision(None, (PostLater(record.retry_at),))
         case Phase.SUBMITTING:
             # The POST may have happened before the crash: never re-post blindly.
-            return _change(record, now, phase=Phase.UNKNOWN).then(AwaitAdoption())
+            return _unknown(record, now)
         case Phase.UNKNOWN:
-            return Decision(None, (AwaitAdoption(),))
+            return Decision(None, (AwaitAdoption(record.unknown_since or record.updated_at),))
         case Phase.SUBMITTED:
             return Decision(None, (Watch(),))
         case Phase.RESULT_READY:
             return Decision(None, (StoreFiles(),))
     return NOTHING
+
+
+def _unknown(record: LedgerRecord, now: datetime, **changes: Any) -> Decision:
+    since = now
+    return _change(record, now, phase=Phase.UNKNOWN, unknown_since=since, **changes).then(
+        AwaitAdoption(since)
+    )
 
 
 def _news(record: LedgerRecord, news: News, now: datetime) -> Decision:

@@ -21,10 +21,12 @@ class PartitionOffsets:
     buffered_bytes: int = 0
     _finished: set[int] = field(default_factory=set)
     _next: int | None = None  # the offset to commit: everything before it is finished
+    next_offset: int | None = None  # the offset after the last one read
 
     def taken(self, offset: int, size: int = 0) -> None:
         """Record that `offset` (of `size` bytes) was read and is now being handled."""
         self._pending.append(offset)
+        self.next_offset = offset + 1
         self._sizes[offset] = size
         self.buffered_bytes += size
         self._taken_at.append(time.monotonic())

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.artifacts import Downloader, DownloadPolicy
 from genrelay.consumer.config import Settings
+from genrelay.consumer.errors import Fenced
 from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
 from genrelay.consumer.health import Readiness, address_of
@@ -43,6 +44,8 @@ from genrelay.consumer.metrics import GaugeSources, RelayMetrics, Resolution
 from genrelay.consumer.object_store import MinioStore
 from genrelay.consumer.offsets import PartitionOffsets
 from genrelay.consumer.openapi import openapi_route
+from genrelay.consumer.partition_writer import Outgoing, Writers
+from genrelay.consumer.partitions import Ownership, OwnershipConfig
 from genrelay.consumer.recent_outcomes import RecentOutcomes
 from genrelay.consumer.results import ResultFiles
 from genrelay.consumer.slots import Slots
@@ -61,13 +64,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    relay: Relay
+    # Bookkeeping only: the group waits for these, and heartbeats stop while it does.
+    ownership: Ownership
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.relay._revoked(revoked)
+        self.ownership.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.relay._assigned(assigned)
+        self.ownership.assigned(assigned)
 
 
 class Relay:
@@ -86,7 +90,8 @@ class Relay:
         self.provider = FalProvider(
             settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
         )
-        self.ledger = Ledger(self._producer, settings.kafka_bootstrap, self.topics.ledger)
+        self.writers = Writers()
+        self.ledger = Ledger(self.writers, settings.kafka_bootstrap, self.topics.ledger)
         self.tracer_provider = setup_tracing(
             settings.service_name, settings.otlp_endpoint, exporter=span_exporter
         )
@@ -94,7 +99,7 @@ class Relay:
         self.metrics = RelayMetrics(self._gauges(), service_name=settings.service_name)
         self.recent = RecentOutcomes()
         observers = Observers(tracer=tracer, metrics=self.metrics, recent=self.recent)
-        self.publisher = KafkaPublisher(self._producer, self.topics, self.metrics)
+        self.publisher = KafkaPublisher(self._producer, self.writers, self.topics, self.metrics)
         self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
         self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._downloader = Downloader(self._download_http, policy=self._download_policy())
@@ -149,9 +154,23 @@ class Relay:
             if self._tokens
             else None
         )
+        self.ownership = Ownership(
+            OwnershipConfig(
+                bootstrap=settings.kafka_bootstrap,
+                group_id=settings.group_id,
+                release_grace=2.0,
+                lost_wait=settings.session_timeout_ms / 1000 * 1.5,
+                max_record_bytes=settings.max_record_bytes,
+            ),
+            self.topics,
+            ledger=self.ledger,
+            jobs=self.jobs,
+            writers=self.writers,
+            on_change=self._ownership_changed,
+            on_crash=self._crashed,
+        )
         self._consumer: AIOKafkaConsumer | None = None
-        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._owned: set[int] = set()
+        self._offsets = self.ownership.offsets
         self._partitions = 0
         self._paused = False
         self._stopping = asyncio.Event()
@@ -159,9 +178,9 @@ class Relay:
         self._server: uvicorn.Server | None = None
         self.http_app: Starlette | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held: dict[int, list[tuple[TopicPartition, Any, PartitionOffsets]]] = {}
-        self.last_restore: RestoreStats | None = None
+        # Set while this replica is a stable group member with every partition restored.
         self.ready = asyncio.Event()
+        self._reported_restore: RestoreStats | None = None
         self._readiness = Readiness(
             {
                 "kafka": address_of(settings.kafka_bootstrap, 9092),
@@ -189,8 +208,8 @@ class Relay:
     def snapshot(self) -> StatusSnapshot:
         """What the status page shows."""
         return StatusSnapshot(
-            ready=self.ready.is_set() and not self._stopping.is_set(),
-            partitions=tuple(sorted(self._owned)),
+            ready=self.ownership.all_ready() and not self._stopping.is_set(),
+            partitions=self.ownership.owned(),
             in_flight=self.slots.used,
             by_phase=self.jobs.phases(),
             by_endpoint=self.slots.by_endpoint(),
@@ -239,14 +258,17 @@ class Relay:
             heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 5),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Re-keyed records and everything else genrelay writes are transactional.
+            isolation_level="read_committed",
             # Range keeps partition p of requests and webhooks on the same member.
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=1024 * 1024,
         )
         self._consumer = consumer
+        self.ownership.attach(consumer)
         consumer.subscribe(
             [self.topics.requests, self.topics.webhooks, *self.settings.extra_input_topics],
-            listener=_Listener(self),
+            listener=_Listener(self.ownership),
         )
         await consumer.start()
         try:
@@ -268,7 +290,7 @@ class Relay:
         self.stop()
 
     async def _drain(self, consumer: AIOKafkaConsumer) -> None:
-        await self.jobs.release(set(self._owned), self.settings.shutdown_grace_seconds)
+        await self.ownership.close(self.settings.shutdown_grace_seconds)
         with contextlib.suppress(KafkaError, CommitFailedError):
             await self._commit(consumer)
         await consumer.stop()
@@ -324,13 +346,14 @@ class Relay:
 
     async def _ready(self, request: Request) -> Response:
         dependencies = await self._readiness.dependencies()
-        restored = self.ready.is_set() and not self._stopping.is_set()
+        restored = self.ownership.all_ready() and not self._stopping.is_set()
         ready = restored and all(dependencies.values())
         body: dict[str, Any] = {
             "ready": ready,
             "ledger_restored": restored,
             "dependencies": dependencies,
-            "partitions": sorted(self._owned),
+            "partitions": list(self.ownership.owned()),
+            "restoring": list(self.ownership.restoring()),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -341,35 +364,16 @@ class Relay:
 
     # --- partitions -----------------------------------------------------------------------
 
-    async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        mine = {tp.partition for tp in assigned if tp.topic == self.topics.requests}
-        fresh = mine - self._owned
-        self.last_restore = await self.ledger.restore(sorted(fresh))
-        if fresh:
-            self.metrics.ledger_restored(self.last_restore.seconds)
-        self._owned |= fresh
-        for partition in sorted(fresh):
-            self.jobs.resume(partition)
-            # Records fetched while the ledger was being read are handled only now.
-            for held in self._held.pop(partition, []):
-                self._handle(*held)
-        self.ready.set()
-        log.info("assigned partitions %s (restored %s)", sorted(self._owned), sorted(fresh))
-
-    async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        gone = {tp.partition for tp in revoked if tp.topic == self.topics.requests}
-        # From this instant another replica may own these keys: records still fetched for
-        # them are held (and dropped below), and no new paid submit may start for them.
-        self._owned -= gone
-        await self.jobs.release(gone, grace=2.0)
-        if self._consumer is not None:
-            with contextlib.suppress(KafkaError, CommitFailedError):
-                await self._commit(self._consumer)
-        for tp in revoked:
-            self._offsets.pop(tp, None)
-        for partition in gone:
-            self._held.pop(partition, None)
-        self.ledger.release(gone)
+    def _ownership_changed(self) -> None:
+        self._paused = False  # a new assignment starts unpaused; back-pressure looks again
+        if self.ownership.all_ready():
+            self.ready.set()
+        else:
+            self.ready.clear()
+        restore = self.ownership.last_restore
+        if restore is not None and restore is not self._reported_restore:
+            self._reported_restore = restore
+            self.metrics.ledger_restored(restore.seconds)
 
     # --- loops ----------------------------------------------------------------------------
 
@@ -377,19 +381,20 @@ class Relay:
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for tp, messages in batch.items():
-                tracker = self._offsets.setdefault(tp, PartitionOffsets())
+                if self._is_keyed(tp) and not self.ownership.ready(tp.partition):
+                    # Fetched before the partition was paused for its restore: it is read
+                    # again from the offsets committed with the state it restores.
+                    continue
+                tracker = self.ownership.tracker(tp)
                 for message in messages:
                     tracker.taken(message.offset, len(message.value or b""))
                     self._handle(tp, message, tracker)
             self._backpressure(consumer)
 
+    def _is_keyed(self, tp: TopicPartition) -> bool:
+        return tp.topic in (self.topics.requests, self.topics.webhooks)
+
     def _handle(self, tp: TopicPartition, message: Any, tracker: PartitionOffsets) -> None:
-        keyed = tp.topic in (self.topics.requests, self.topics.webhooks)
-        if keyed and tp.partition not in self._owned:
-            # aiokafka may hand out records before the rebalance listener has finished:
-            # dispatching them before their ledger is restored could pay twice.
-            self._held.setdefault(tp.partition, []).append((tp, message, tracker))
-            return
         source = SourceRecord(
             tp.topic,
             tp.partition,
@@ -420,9 +425,21 @@ class Relay:
             case Command(key=key, event=event):
                 self.jobs.deliver(key, tp.partition, event, on_done=finished, source=source)
             case Rekey(key=key):
-                self._background(self.publisher.rekey(source, key), finished)
+                self._forward(source, self.publisher.rekey_record(source, key), finished)
             case Refuse(reason=reason, error=error):
-                self._background(self.publisher.dead_letter(source, reason, error), finished)
+                record = self.publisher.dead_letter_record(source, reason, error)
+                self._forward(source, record, finished)
+
+    def _forward(
+        self, source: SourceRecord, record: Outgoing, finished: Callable[[], None]
+    ) -> None:
+        if self._is_keyed(TopicPartition(source.topic, source.partition)):
+            # The record and the input offset it finishes commit in one transaction, so not
+            # even a crash can write it twice. Fenced: the partition's next owner reads it.
+            with contextlib.suppress(Fenced):
+                self.writers.get(source.partition).submit((record,), finishes=finished)
+            return
+        self._background(self.publisher.forward_plain(record), finished)
 
     def _partition_for(self, source: SourceRecord) -> int | None:
         if source.topic != self.topics.requests or not self._partitions:
@@ -477,7 +494,12 @@ class Relay:
         # Input partitions pause while too many records (or bytes) are read but not yet
         # durable, and resume at half; the poll loop keeps running either way (heartbeats,
         # webhooks). Webhook records are small and settle jobs, so they are never paused.
-        inputs = [tp for tp in consumer.assignment() if tp.topic != self.topics.webhooks]
+        inputs = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic != self.topics.webhooks
+            and (not self._is_keyed(tp) or self.ownership.ready(tp.partition))
+        ]
         trackers = [self._offsets[tp] for tp in inputs if tp in self._offsets]
         records = sum(t.in_flight for t in trackers)
         size = sum(t.buffered_bytes for t in trackers)
@@ -504,11 +526,17 @@ class Relay:
                 log.info("commit skipped: %s", exc)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        # Co-partitioned inputs commit their offsets in their partition's transactions; the
+        # others (teams' own topics, whose records are only re-keyed) commit here.
+        for writer in self.writers.all():
+            writer.nudge()
         assigned = consumer.assignment()
         points = {
             tp: point
             for tp, tracker in self._offsets.items()
-            if tp in assigned and (point := tracker.commit_point()) is not None
+            if tp in assigned
+            and not self._is_keyed(tp)
+            and (point := tracker.commit_point()) is not None
         }
         if points:
             await consumer.commit(points)
@@ -518,5 +546,6 @@ class Relay:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=3600)
-            for partition in sorted(self._owned):
-                await self.ledger.forget_expired(partition, window, datetime.now(UTC))
+            for partition in self.ownership.owned():
+                with contextlib.suppress(Fenced):
+                    await self.ledger.forget_expired(partition, window, datetime.now(UTC))

@@ -51,6 +51,10 @@ class Slots:
     def by_endpoint(self) -> dict[str, int]:
         return dict(self._by_endpoint)
 
+    def available(self, endpoint: str) -> bool:
+        """Whether `acquire` would grant a slot at once."""
+        return not self._waiters and self._free(endpoint)
+
     async def acquire(self, endpoint: str, priority: Priority) -> None:
         """Wait for a slot; normal-priority waiters are served before low-priority ones."""
         if not self._waiters and self._free(endpoint):

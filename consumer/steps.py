@@ -9,7 +9,7 @@ try this step again after a backoff". No step decides anything: `lifecycle` does
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from genrelay.consumer.errors import (
     UrlExpired,
 )
 from genrelay.consumer.metrics import RelayMetrics, Resolution
+from genrelay.consumer.partition_writer import Outgoing
 from genrelay.consumer.provider import (
     ErrorInfo,
     JobState,
@@ -48,13 +49,15 @@ log = logging.getLogger(__name__)
 class Publisher(Protocol):
     """Where outcomes go (the completion, progress and dead-letter topics)."""
 
-    async def completion(self, event: CompletionEvent) -> None: ...
+    def completion_record(self, event: CompletionEvent) -> Outgoing: ...
+
+    async def completion(self, event: CompletionEvent, partition: int) -> None: ...
 
     async def progress(
-        self, key: str, job: ProviderJob, state: JobState, position: int | None
+        self, key: str, job: ProviderJob, state: JobState, position: int | None, partition: int
     ) -> None: ...
 
-    async def conflict(self, source: Any) -> None: ...
+    async def conflict(self, source: Any, partition: int) -> None: ...
 
 
 class FileStorer(Protocol):
@@ -166,7 +169,9 @@ class Steps:
                 return lc.Refused(ErrorDetail(type=str(kind), message=str(exc), retryable=False))
         return lc.Accepted(to_job(submission))
 
-    async def poll(self, record: LedgerRecord) -> lc.Event | StillRunning | Later | None:
+    async def poll(
+        self, record: LedgerRecord, partition: int
+    ) -> lc.Event | StillRunning | Later | None:
         """Ask where the job is; None means "it finished: fetch the result"."""
         assert record.job is not None
         with step_span(self._tracer, Step.POLL, record.traceparent):
@@ -180,13 +185,15 @@ class Steps:
         if status.state is JobState.COMPLETED:
             self._metrics.resolved(Resolution.POLL)
             return None
-        await self._progress(record, status)
+        await self._progress(record, status, partition)
         return StillRunning()
 
-    async def _progress(self, record: LedgerRecord, status: JobStatus) -> None:
+    async def _progress(self, record: LedgerRecord, status: JobStatus, partition: int) -> None:
         assert record.job is not None
         key = record.idempotency_key
-        await self._publisher.progress(key, record.job, status.state, status.queue_position)
+        await self._publisher.progress(
+            key, record.job, status.state, status.queue_position, partition
+        )
 
     async def fetch(self, record: LedgerRecord) -> lc.Event | Later:
         """GET the result; a refetch (for fresh file URLs) gives `Refetched`."""
@@ -230,10 +237,15 @@ class Steps:
             return Later()
         return lc.FilesStored(artifacts, result)
 
-    async def publish(self, event: CompletionEvent, traceparent: str | None) -> None:
-        """Announce a key's outcome (acknowledged before the ledger says it was published)."""
+    async def publish(
+        self,
+        event: CompletionEvent,
+        traceparent: str | None,
+        commit: Callable[[Outgoing], Awaitable[None]],
+    ) -> None:
+        """Announce a key's outcome; `commit` writes it with the ledger's note that it was."""
         with step_span(self._tracer, Step.PUBLISH, traceparent):
-            await self._publisher.completion(event)
+            await commit(self._publisher.completion_record(event))
         self._metrics.outcome(event.status, event.endpoint)
         self._recent.add(event)
         if event.status == "succeeded":
@@ -244,12 +256,12 @@ class Steps:
                 run_seconds=timings.running_ms / 1000,
             )
 
-    async def replay(self, event: CompletionEvent) -> None:
+    async def replay(self, event: CompletionEvent, partition: int) -> None:
         self._metrics.replayed()
-        await self._publisher.completion(event)
+        await self._publisher.completion(event, partition)
 
-    async def conflict(self, source: Any) -> None:
-        await self._publisher.conflict(source)
+    async def conflict(self, source: Any, partition: int) -> None:
+        await self._publisher.conflict(source, partition)
 
     async def cancel(self, record: LedgerRecord, job: ProviderJob) -> None:
         with step_span(self._tracer, Step.CANCEL, record.traceparent):

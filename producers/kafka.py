@@ -98,6 +98,8 @@ class KafkaCompletionSource:
         self._topic = topic
         self._start_from = start_from
         self._options = {
+            # genrelay writes its topics in transactions: see only what was committed.
+            "isolation_level": "read_committed",
             **kafka_options,
             "bootstrap_servers": bootstrap_servers,
             "group_id": None,

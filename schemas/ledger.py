@@ -18,6 +18,7 @@ from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 class Phase(StrEnum):
     """Where a key is in its life; transitions only move forward (see consumer.lifecycle)."""
 
+    ACCEPTED = "ACCEPTED"  # recorded, waiting for an in-flight slot: never posted
     SUBMITTING = "SUBMITTING"  # intent recorded; the POST may or may not have happened
     SUBMITTED = "SUBMITTED"  # the provider accepted it and we hold its request_id
     UNKNOWN = "UNKNOWN"  # the POST's outcome is ambiguous; reconcile, never re-post blindly
@@ -70,6 +71,9 @@ class LedgerRecord(BaseModel):
     cost_units: float | None = None
     last_error: ErrorDetail | None = None
     retry_at: datetime | None = None
+    unknown_since: datetime | None = Field(
+        default=None, description="when the submit became ambiguous (its grace counts from here)"
+    )
     event: CompletionEvent | None = None
     published: bool = False
     traceparent: str | None = None

@@ -111,6 +111,11 @@ class ManagedProcess:
             self._signal_group(self._proc.pid, signal.SIGKILL)
             self._proc.wait(timeout=10)
 
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP (or SIGCONT) the process group: a replica that stalls, then wakes up."""
+        if self._proc is not None:
+            self._signal_group(self._proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     @staticmethod
     def _signal_group(pgid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from genrelay.consumer.config import Settings
+from genrelay.consumer.partition_writer import PartitionWriter, Writers
 from genrelay.consumer.relay import Relay
 from genrelay.deploy.local.processes import free_port
 from genrelay.deploy.local.stack import StackInfo
@@ -55,6 +56,31 @@ def relay_settings(stack: StackInfo, emulator: EmulatorServer, **overrides: Any)
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def owned_partitions(
+    bootstrap: str, group_id: str, partitions: Iterable[int]
+) -> AsyncIterator[Writers]:
+    """Started (so fencing) partition writers, as a relay that owns `partitions` holds them."""
+    writers = Writers()
+    started = []
+    try:
+        for partition in partitions:
+            writer = PartitionWriter(
+                bootstrap=bootstrap,
+                group_id=group_id,
+                partition=partition,
+                offsets=dict,
+                on_lost=lambda partition, exc: None,
+            )
+            await writer.start()
+            started.append(writer)
+            writers.add(writer)
+        yield writers
+    finally:
+        for writer in started:
+            await writer.close()
 
 
 @dataclass
@@ -118,7 +144,10 @@ class TopicReader:
 
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest"
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         await self._consumer.start()
         return self

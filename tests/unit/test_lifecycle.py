@@ -36,19 +36,66 @@ def step(record: LedgerRecord | None, event: lc.Event) -> tuple[LedgerRecord | N
     return (decision.record or record), decision
 
 
-def submitted() -> LedgerRecord:
+def posting() -> LedgerRecord:
+    """A key whose slot was granted: its intent to POST is recorded."""
     record, _ = step(None, SUBMIT)
-    record, _ = step(record, lc.Accepted(JOB))
+    record, _ = step(record, lc.SlotGranted())
     assert record is not None
     return record
 
 
-def test_first_record_records_intent_before_posting() -> None:
+def submitted() -> LedgerRecord:
+    record, _ = step(posting(), lc.Accepted(JOB))
+    assert record is not None
+    return record
+
+
+def test_first_record_waits_for_a_slot_and_records_intent_only_then() -> None:
     decision = lc.decide(None, SUBMIT, KEY, NOW)
     assert decision.record is not None
-    assert decision.record.phase is Phase.SUBMITTING
-    assert decision.record.attempts == 1
-    assert decision.effects == (lc.Post(),)
+    assert decision.record.phase is Phase.ACCEPTED
+    assert decision.record.attempts == 0
+    assert decision.effects == (lc.AcquireSlot(),)
+    granted = lc.decide(decision.record, lc.SlotGranted(), KEY, NOW)
+    assert granted.record is not None
+    assert granted.record.phase is Phase.SUBMITTING
+    assert granted.record.attempts == 1
+    assert granted.effects == (lc.Post(),)
+
+
+def test_a_key_waiting_for_a_slot_is_cancelled_without_ever_being_posted() -> None:
+    record, _ = step(None, SUBMIT)
+    record, decision = step(record, lc.CancelCommand())
+    assert record is not None
+    assert record.phase is Phase.CANCELLED
+    assert not any(isinstance(e, lc.Post | lc.PostLater) for e in decision.effects)
+    record, _ = step(record, lc.Published())
+    # The slot it was waiting for arrives afterwards: nothing happens.
+    assert lc.decide(record, lc.SlotGranted(), KEY, NOW) == lc.NOTHING
+
+
+def test_a_cancel_during_a_not_sent_back_off_ends_the_key_without_a_post() -> None:
+    record, _ = step(posting(), lc.NotSent(ERROR, retry_after=30.0))
+    record, _ = step(record, lc.CancelCommand())
+    assert record is not None
+    assert record.phase is Phase.CANCELLED
+    record, _ = step(record, lc.Published())
+    assert lc.decide(record, lc.RetryDue(), KEY, NOW) == lc.NOTHING
+    assert lc.decide(record, lc.Restored(), KEY, NOW) == lc.NOTHING
+
+
+def test_a_restored_key_that_was_waiting_for_a_slot_waits_again_never_unknown() -> None:
+    record, _ = step(None, SUBMIT)
+    decision = lc.decide(record, lc.Restored(), KEY, NOW)
+    assert decision == lc.Decision(None, (lc.AcquireSlot(),))
+
+
+def test_the_unknown_grace_counts_from_when_the_submit_became_ambiguous() -> None:
+    record, _ = step(posting(), lc.Ambiguous(ERROR))
+    assert record is not None
+    later = NOW + timedelta(minutes=5)
+    decision = lc.decide(record, lc.Restored(), KEY, later)
+    assert decision.effects == (lc.AwaitAdoption(NOW),)
 
 
 def test_replayed_record_never_resubmits() -> None:
@@ -67,11 +114,10 @@ def test_conflicting_fingerprint_is_dead_lettered_and_changes_nothing() -> None:
 
 
 def test_ambiguous_submit_becomes_unknown_and_is_adopted_by_webhook() -> None:
-    record, _ = step(None, SUBMIT)
-    record, decision = step(record, lc.Ambiguous(ERROR))
+    record, decision = step(posting(), lc.Ambiguous(ERROR))
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(),)
+    assert decision.effects == (lc.AwaitAdoption(NOW),)
     record, decision = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
     assert record is not None
     assert record.phase is Phase.RESULT_READY
@@ -81,16 +127,14 @@ def test_ambiguous_submit_becomes_unknown_and_is_adopted_by_webhook() -> None:
 
 
 def test_restored_submitting_is_never_reposted() -> None:
-    record, _ = step(None, SUBMIT)
-    record, decision = step(record, lc.Restored())
+    record, decision = step(posting(), lc.Restored())
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(),)
+    assert decision.effects == (lc.AwaitAdoption(NOW),)
 
 
 def test_unknown_nobody_adopted_fails_unless_resubmission_is_the_policy() -> None:
-    record, _ = step(None, SUBMIT)
-    record, _ = step(record, lc.Restored())
+    record, _ = step(posting(), lc.Restored())
     failed = lc.decide(record, lc.UnknownUnresolved(), KEY, NOW)
     assert failed.record is not None
     assert failed.record.phase is Phase.FAILED
@@ -106,8 +150,7 @@ def test_unknown_nobody_adopted_fails_unless_resubmission_is_the_policy() -> Non
 
 
 def test_not_sent_is_retried_later_and_counts_the_attempt() -> None:
-    record, _ = step(None, SUBMIT)
-    record, decision = step(record, lc.NotSent(ERROR, retry_after=2.0))
+    record, decision = step(posting(), lc.NotSent(ERROR, retry_after=2.0))
     assert record is not None
     assert record.attempts == 2
     assert decision.effects == (lc.PostLater(NOW + timedelta(seconds=2)),)
@@ -118,13 +161,12 @@ def test_not_sent_is_retried_later_and_counts_the_attempt() -> None:
 
 
 def test_crash_during_a_retried_post_never_reposts() -> None:
-    record, _ = step(None, SUBMIT)
-    record, _ = step(record, lc.NotSent(ERROR, retry_after=2.0))
+    record, _ = step(posting(), lc.NotSent(ERROR, retry_after=2.0))
     record, _ = step(record, lc.RetryDue())  # the retry's POST starts, then the process dies
     record, decision = step(record, lc.Restored())
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(),)
+    assert decision.effects == (lc.AwaitAdoption(NOW),)
 
 
 def test_success_is_announced_only_after_files_are_stored() -> None:
@@ -163,8 +205,7 @@ def test_news_about_another_request_is_ignored() -> None:
 
 
 def test_cancel_before_the_provider_answered_cancels_once_it_does() -> None:
-    record, _ = step(None, SUBMIT)
-    record, _ = step(record, lc.CancelCommand())
+    record, _ = step(posting(), lc.CancelCommand())
     record, decision = step(record, lc.Accepted(JOB))
     assert lc.CancelAtProvider(JOB) in decision.effects
     cancelled = ErrorDetail(type="client_cancelled", message="cancelled", retryable=False)
@@ -179,6 +220,7 @@ MOVES = st.lists(
     st.sampled_from(
         [
             "record",
+            "slot",
             "post_ok",
             "post_not_sent",
             "post_ambiguous",
@@ -206,23 +248,32 @@ MOVES = st.lists(
 @given(MOVES)
 def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     record: LedgerRecord | None = None
+    slot_due = False  # a slot the key waits for
     post_due = False  # a POST the relay would perform now
     paid = 0  # POSTs the provider may have accepted
     announced: set[tuple[str, str]] = set()
+    cancelled_before_any_post = False
+    posts_after_that = 0
 
     def apply(event: lc.Event) -> None:
-        nonlocal record, post_due
+        nonlocal record, post_due, slot_due, posts_after_that
         decision = lc.decide(record, event, KEY, NOW)
         record = decision.record or record
         for effect in decision.effects:
+            if isinstance(effect, lc.AcquireSlot):
+                slot_due = True
             if isinstance(effect, lc.Post):
                 post_due = True
+                posts_after_that += cancelled_before_any_post
             if isinstance(effect, lc.Publish | lc.Replay):
                 announced.add((effect.event.event_id, effect.event.status))
 
     for move in moves:
         if move == "record":
             apply(SUBMIT)
+        elif move == "slot" and slot_due:
+            slot_due = False
+            apply(lc.SlotGranted())
         elif move.startswith("post_") and post_due:
             post_due = False
             if move in ("post_ok", "post_ambiguous"):
@@ -241,7 +292,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         elif move == "poll_done" and record is not None and record.job is not None:
             apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT))
         elif move == "crash":
-            post_due = False  # effects not yet performed are lost with the process
+            post_due = slot_due = False  # effects not yet performed die with the process
             apply(lc.Restored())
         elif move == "crash_mid_post" and post_due:
             paid += 1  # the POST reached the provider, but its answer died with us
@@ -262,9 +313,12 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         elif move == "published":
             apply(lc.Published())
         elif move == "cancel":
+            if paid == 0 and not post_due and record is not None:
+                cancelled_before_any_post = True
             apply(lc.CancelCommand())
 
     assert paid <= 1
+    assert posts_after_that == 0, "a cancel that arrived before any POST was paid for"
     assert len(announced) <= 1, announced
     if record is not None and record.terminal and record.event is not None:
         assert announced <= {(record.event.event_id, record.event.status)}

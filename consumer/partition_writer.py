@@ -1,0 +1,312 @@
+"""Fenced writes for one owned partition, committed in Kafka transactions.
+
+Everything the owner of partition *p* writes (ledger transitions, completion and progress
+events, dead letters, re-keyed records) and the input offsets it has consumed from requests
+*p* and webhooks *p* go through one transactional producer whose id is derived from the group
+and *p*. Initialising that id fences every earlier owner: the broker aborts its open
+transaction and refuses everything it sends afterwards, so a paused or cut-off replica that
+has not noticed it lost *p* can change nothing. A write counts only once its transaction has
+committed; callers wait for that before any effect that depends on it (the paid POST above
+all). Writes queue for a short tick and commit together, so a transaction carries many.
+
+The new owner starts its writer (fencing) before it reads the ledger, and reads committed data
+only, so a write abandoned by the old owner can never appear behind the state it restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+from genrelay.consumer.errors import Fenced, RecordTooLarge
+
+log = logging.getLogger(__name__)
+
+_FIRST_PAUSE = 0.1
+_LONGEST_PAUSE = 5.0
+# The broker ends a transaction left open longer than this; ours last milliseconds.
+_TRANSACTION_TIMEOUT_MS = 60_000
+# After these, the producer can never commit again under this epoch.
+_FATAL = (ProducerFenced, OutOfOrderSequenceNumber, TransactionalIdAuthorizationFailed)
+# Record and batch headers: a record needs this much room beyond its key, value and headers.
+_RECORD_OVERHEAD = 128
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def size(self) -> int:
+        """Bytes the record adds to a batch, close enough to compare with the broker's limit."""
+        extra = sum(len(name) + len(value) for name, value in self.headers)
+        return len(self.key or b"") + len(self.value or b"") + extra + _RECORD_OVERHEAD
+
+
+@dataclass
+class _Batch:
+    records: Sequence[Outgoing]
+    future: asyncio.Future[None]
+    # Runs just before the transaction is built: the input offsets it finishes then commit
+    # in the same transaction as the records (a dead letter and its offset, atomically).
+    finishes: Callable[[], None] | None = None
+
+
+def transactional_id(group_id: str, partition: int) -> str:
+    """The id every owner of `partition` in `group_id` uses, so each new one fences the last."""
+    return f"{group_id}.partition-{partition}"
+
+
+@dataclass
+class WriterStats:
+    transactions: int = 0
+    records: int = 0
+    retries: int = 0
+
+
+class PartitionWriter:
+    """The only way this replica writes anything for one owned partition."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        partition: int,
+        offsets: Callable[[], dict[TopicPartition, int]],
+        on_lost: Callable[[int, BaseException], None],
+        tick_seconds: float = 0.005,
+        max_request_size: int = 1024 * 1024,
+    ) -> None:
+        self.partition = partition
+        self._group_id = group_id
+        self._offsets = offsets
+        self._on_lost = on_lost
+        self._tick = tick_seconds
+        self._max_record_bytes = max_request_size - _RECORD_OVERHEAD
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=transactional_id(group_id, partition),
+            transaction_timeout_ms=_TRANSACTION_TIMEOUT_MS,
+            enable_idempotence=True,
+            acks="all",
+            max_request_size=max_request_size,
+        )
+        self._pending: list[_Batch] = []
+        self._wakeup = asyncio.Event()
+        self._committed: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._broken: BaseException | None = None
+        self._closing = False
+        self.stats = WriterStats()
+
+    async def start(self) -> None:
+        """Initialise the transactional id: from here on, no earlier owner can commit."""
+        await self._producer.start()
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"writer-{self.partition}"
+        )
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        # A writer that cannot commit cannot prove ownership: its keys must stop.
+        log.error("partition %d: writer failed", self.partition, exc_info=exc)
+        if self._broken is None:
+            self._lose([], exc)
+
+    @property
+    def usable(self) -> bool:
+        return self._broken is None and not self._closing
+
+    def submit(
+        self, records: Sequence[Outgoing], *, finishes: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue records for the next transaction; the future resolves once it has committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A caller that does not wait (progress, a dead letter) must not leave an error unread.
+        future.add_done_callback(_consume_error)
+        if not self.usable:
+            future.set_exception(Fenced(self.partition, self._why()))
+            return future
+        too_big = [r for r in records if r.size() > self._max_record_bytes]
+        if too_big:
+            # Refused here, alone: inside the transaction it would fail every write with it.
+            future.set_exception(RecordTooLarge(too_big[0].topic, too_big[0].size()))
+            return future
+        self._pending.append(_Batch(records, future, finishes))
+        self._wakeup.set()
+        return future
+
+    async def write(self, *records: Outgoing) -> None:
+        """Produce `records` atomically and wait until their transaction has committed."""
+        await self.submit(records)
+
+    def nudge(self) -> None:
+        """Commit consumed offsets soon even when nothing else is written."""
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        """Commit what is queued (unless fenced), then stop; safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_pending(Fenced(self.partition, "the writer was closed"))
+        await self._producer.stop()
+
+    def _why(self) -> str:
+        if self._broken is not None:
+            return f"its transactional producer was fenced ({self._broken!r})"
+        return "the writer was closed"
+
+    # --- the commit loop ------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        pause = _FIRST_PAUSE
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._closing and not self._pending and not self._offsets_due():
+                return
+            await asyncio.sleep(self._tick)  # let a tick's writes gather into one transaction
+            batches, self._pending = self._pending, []
+            try:
+                await self._commit(batches)
+            except _FATAL as exc:
+                self._lose(batches, exc)
+                return
+            except (KafkaError, IllegalOperation) as exc:
+                if self._producer._txn_manager.is_fatal_error():
+                    self._lose(batches, exc)
+                    return
+                await self._abort()
+                self.stats.retries += 1
+                log.warning(
+                    "transaction of partition %d not committed, retrying in %.1f s: %r",
+                    self.partition,
+                    pause,
+                    exc,
+                )
+                self._pending = batches + self._pending
+                self._wakeup.set()
+                await asyncio.sleep(pause)
+                pause = min(_LONGEST_PAUSE, pause * 2)
+                continue
+            pause = _FIRST_PAUSE
+            for batch in batches:
+                if not batch.future.done():
+                    batch.future.set_result(None)
+            if self._closing and not self._pending:
+                return
+
+    def _offsets_due(self) -> dict[TopicPartition, int]:
+        return {tp: o for tp, o in self._offsets().items() if self._committed.get(tp) != o}
+
+    async def _commit(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            if batch.finishes is not None:
+                batch.finishes()
+                batch.finishes = None  # once, even if this transaction has to be retried
+        offsets = self._offsets_due()
+        if not batches and not offsets:
+            return
+        producer = self._producer
+        await producer.begin_transaction()
+        sent = []
+        for batch in batches:
+            for r in batch.records:
+                sent.append(
+                    await producer.send(
+                        r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                    )
+                )
+        if offsets:
+            await producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()}, self._group_id
+            )
+        try:
+            await producer.commit_transaction()
+            for delivery in sent:
+                await delivery  # resolved by the commit; raises if a record was refused
+        finally:
+            for delivery in sent:
+                delivery.add_done_callback(_consume_error)
+        self._committed.update(offsets)
+        self.stats.transactions += 1
+        self.stats.records += len(sent)
+
+    async def _abort(self) -> None:
+        with contextlib.suppress(KafkaError, IllegalOperation, AssertionError):
+            await self._producer.abort_transaction()
+
+    def _lose(self, batches: list[_Batch], exc: BaseException) -> None:
+        log.warning("partition %d: transactional producer fenced: %r", self.partition, exc)
+        self._broken = exc
+        # aiokafka leaves the same error on its transaction waiter
+        # (and on each unsent batch's drain waiter), which nobody awaits now.
+        internal = [self._producer._txn_manager.wait_for_transaction_end()]
+        for queued in getattr(self._producer._message_accumulator, "_batches", {}).values():
+            internal += [getattr(batch, "_drain_waiter", None) for batch in queued]
+        for waiter in internal:
+            if isinstance(waiter, asyncio.Future) and waiter.done():
+                _consume_error(waiter)
+        self._pending = batches + self._pending
+        self._fail_pending(Fenced(self.partition, self._why()))
+        self._on_lost(self.partition, exc)
+
+    def _fail_pending(self, error: Fenced) -> None:
+        pending, self._pending = self._pending, []
+        for batch in pending:
+            if not batch.future.done():
+                batch.future.set_exception(error)
+
+
+def _consume_error(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass
+class Writers:
+    """The writers of the partitions this replica currently owns."""
+
+    _by_partition: dict[int, PartitionWriter] = field(default_factory=dict)
+
+    def add(self, writer: PartitionWriter) -> None:
+        self._by_partition[writer.partition] = writer
+
+    def pop(self, partition: int) -> PartitionWriter | None:
+        return self._by_partition.pop(partition, None)
+
+    def get(self, partition: int) -> PartitionWriter:
+        """The partition's writer; `Fenced` when this replica does not own it."""
+        writer = self._by_partition.get(partition)
+        if writer is None or not writer.usable:
+            raise Fenced(partition, "not owned by this replica")
+        return writer
+
+    def all(self) -> list[PartitionWriter]:
+        return list(self._by_partition.values())
