@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         10_000, ge=6_000, description="how soon the group notices a dead replica"
     )
+    kafka_metadata_max_age_ms: int = Field(
+        30_000, ge=1000, description="how soon changed topics (added partitions) are noticed"
+    )
     topic_requests: str = Field("genrelay.requests", description="submit and cancel commands")
     topic_ledger: str = Field("genrelay.ledger", description="per-key state (compacted)")
     topic_webhooks: str = Field("genrelay.webhooks", description="verified webhook deliveries")

@@ -26,6 +26,7 @@ from genrelay.consumer.jobs import Jobs
 from genrelay.consumer.ledger import Ledger, RestoreStats
 from genrelay.consumer.offsets import PartitionOffsets
 from genrelay.consumer.partition_writer import PartitionWriter, Writers
+from genrelay.consumer.topics import TopicLayoutError
 from genrelay.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Ownership:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._leaving: dict[int, asyncio.Task[None]] = {}
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
+        # The co-partitioned topics' partition count, as found when the replica started.
+        self.partition_count = 0
         self.stable = False
         self.rebalances = 0
         self.last_callback_seconds = 0.0
@@ -119,6 +122,11 @@ class Ownership:
         started = time.perf_counter()
         consumer = self._consumer
         assert consumer is not None
+        if grown := self._grown(assigned):
+            # Keys would hash to other partitions than their ledger state: stop taking input.
+            consumer.pause(*assigned)
+            self._on_crash(grown)
+            return
         mine = {tp.partition for tp in assigned if tp.topic == self._topics.requests}
         for partition in [p for p, s in self._states.items() if s is State.LOST]:
             # Fenced earlier: the group has now said whose it is.
@@ -142,6 +150,20 @@ class Ownership:
         self.last_callback_seconds = time.perf_counter() - started
         log.info("assigned partitions %s (kept %s)", sorted(mine), sorted(set(mine) - set(fresh)))
         self._on_change()
+
+    def _grown(self, assigned: set[TopicPartition]) -> TopicLayoutError | None:
+        keyed = {self._topics.requests, self._topics.webhooks}
+        count = self.partition_count
+        beyond = sorted(
+            {tp.topic for tp in assigned if tp.topic in keyed and tp.partition >= count}
+        )
+        if not count or not beyond:
+            return None
+        return TopicLayoutError(
+            f"partitions were added to {', '.join(beyond)} while running (this replica started "
+            f"with {count}): requests, ledger and webhooks must keep equal "
+            "partition counts; intake stopped. See the README, 'Growing partitions'."
+        )
 
     def _keep(self, consumer: AIOKafkaConsumer, partition: int) -> None:
         # The group reset positions to the committed offsets; continue where reading stopped.

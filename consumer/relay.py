@@ -241,6 +241,7 @@ class Relay:
 
     async def __aenter__(self) -> Relay:
         self._partitions = await ensure_topics(self.settings)
+        self.ownership.partition_count = self._partitions
         await self._producer.start()
         await self._start_http()
         return self
@@ -263,6 +264,7 @@ class Relay:
             # Range keeps partition p of requests and webhooks on the same member.
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=1024 * 1024,
+            metadata_max_age_ms=self.settings.kafka_metadata_max_age_ms,
         )
         self._consumer = consumer
         self.ownership.attach(consumer)
