@@ -214,7 +214,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "it owns them: it must neither write their ledger nor post for their keys",
         _paused_replica,
         full=Size(_load(400, 40), cap_s=300, fault_s=12.0, repeat=2, gap_s=6.0),
-        smoke=Size(_load(60, 6), cap_s=150, fault_s=10.0),
+        smoke=Size(_load(40, 5), cap_s=150, fault_s=10.0),
         replicas=2,
         relay={"max_in_flight": 6},
     ),

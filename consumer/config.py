@@ -7,12 +7,16 @@ real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or re
 from __future__ import annotations
 
 import json
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from genrelay.consumer.lifecycle import Policy
 from genrelay.schemas.topics import Topics
+
+# Room for what genrelay adds to a request record: its ledger state, or dead-letter headers.
+RECORD_HEADROOM = 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -107,7 +111,12 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1, description="record bytes read but not yet durable"
     )
     max_record_bytes: int = Field(
-        1024 * 1024, ge=256, description="larger request records are dead-lettered"
+        960 * 1024, ge=256, description="larger request records are dead-lettered"
+    )
+    kafka_max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="largest record genrelay produces; every topic it writes must accept it",
     )
     max_submit_attempts: int = Field(
         8, ge=1, description="POSTs per key that provably never arrived, then failed"
@@ -129,6 +138,19 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, description="SIGTERM: time for running steps to finish"
     )
+
+    @model_validator(mode="after")
+    def _records_fit(self) -> Self:
+        # A request is kept in its ledger state and copied whole into a dead letter: both
+        # add to its size, and both must still fit what the producer may send.
+        room = self.kafka_max_request_bytes - RECORD_HEADROOM
+        if self.max_record_bytes > room:
+            raise ValueError(
+                f"GENRELAY_MAX_RECORD_BYTES ({self.max_record_bytes}) must leave "
+                f"{RECORD_HEADROOM} bytes below GENRELAY_KAFKA_MAX_REQUEST_BYTES "
+                f"({self.kafka_max_request_bytes}): at most {room}"
+            )
+        return self
 
     @field_validator("fal_queue_url")
     @classmethod

@@ -9,6 +9,7 @@ team's own topic) are re-keyed or dead-lettered by the plain producer.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -20,10 +21,17 @@ from genrelay.consumer.partition_writer import Outgoing, Writers
 from genrelay.consumer.provider import JobState
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import CompletionEvent
-from genrelay.schemas.dead_letter import DeadLetterInfo, DeadLetterReason
+from genrelay.schemas.dead_letter import (
+    TRUNCATED_FROM_HEADER,
+    DeadLetterInfo,
+    DeadLetterReason,
+)
 from genrelay.schemas.ledger import ProviderJob
 from genrelay.schemas.progress import ProgressEvent
 from genrelay.schemas.topics import Topics
+
+# Room for the truncation header and the record's own framing.
+_TRUNCATION_NOTE = 1024
 
 
 class KafkaPublisher:
@@ -35,7 +43,9 @@ class KafkaPublisher:
         writers: Writers,
         topics: Topics,
         metrics: RelayMetrics,
+        max_record_bytes: int,
     ) -> None:
+        self._max_record_bytes = max_record_bytes
         self._producer = producer
         self._writers = writers
         self._topics = topics
@@ -67,12 +77,19 @@ class KafkaPublisher:
         """The original record, bytes and headers, with why it was refused."""
         info = DeadLetterInfo(reason, error, source.topic, source.partition, source.offset)
         self._metrics.dead_lettered(reason)
-        return Outgoing(
+        record = Outgoing(
             self._topics.dead_letter,
             source.value,
             source.key,
             headers=(*source.headers, *info.to_headers()),
         )
+        excess = record.size() + _TRUNCATION_NOTE - self._max_record_bytes
+        if excess <= 0 or source.value is None:
+            return record
+        # Cut to fit, never dropped: the whole original stays at its source offset.
+        kept = source.value[: max(0, len(source.value) - excess)]
+        size = str(len(source.value)).encode()
+        return replace(record, value=kept, headers=(*record.headers, (TRUNCATED_FROM_HEADER, size)))
 
     async def conflict(self, source: SourceRecord, partition: int) -> None:
         reason = DeadLetterReason.IDEMPOTENCY_CONFLICT.value

@@ -11,7 +11,7 @@ import os
 import signal
 from collections import Counter
 
-POINTS = frozenset({"before_post", "after_post", "after_submitted", "mid_download"})
+POINTS = frozenset({"before_post", "after_post", "after_submitted", "mid_download", "after_commit"})
 
 _armed: tuple[str, int] | None = None
 _seen: Counter[str] = Counter()

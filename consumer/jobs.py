@@ -19,7 +19,7 @@ from typing import Any
 
 from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.errors import Fenced
+from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.intake import SourceRecord
 from genrelay.consumer.ledger import Ledger
 from genrelay.consumer.logs import job_context
@@ -28,7 +28,7 @@ from genrelay.consumer.provider import Priority
 from genrelay.consumer.slots import Slots
 from genrelay.consumer.steps import Later, Observers, Steps, StillRunning
 from genrelay.consumer.telemetry import job_span, trace_id_of, traceparent_of
-from genrelay.schemas.completions import CompletionEvent
+from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
 
 
@@ -224,7 +224,8 @@ class Jobs:
                 event = self._traced(actor.key, event, source)
         decision = lc.decide(record, event, actor.key, _now(), self._policy)
         if decision.record is not None:
-            await self._ledger.write(decision.record, actor.partition)
+            decision = await self._write(actor, decision)
+            assert decision.record is not None
             if decision.record.terminal:
                 self._release_slot(actor)
                 self._cancel_timer(actor)  # a pending poll or retry has nothing left to do
@@ -233,6 +234,19 @@ class Jobs:
             self._release_slot(actor)  # granted to a key that no longer needs it (cancelled)
         for effect in decision.effects:
             await self._perform(actor, effect, source)
+
+    async def _write(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
+        """Commit the decided state; one too large to store ends the key with what fits."""
+        assert decision.record is not None
+        try:
+            await self._ledger.write(decision.record, actor.partition)
+        except RecordTooLarge as exc:
+            self._metrics.too_large()
+            error = ErrorDetail(type="result_too_large", message=str(exc), retryable=False)
+            decision = lc.decide(decision.record, lc.TooLarge(error), actor.key, _now())
+            assert decision.record is not None
+            await self._ledger.write(decision.record, actor.partition)
+        return decision
 
     def _traced(self, key: str, event: lc.SubmitCommand, source: SourceRecord) -> lc.SubmitCommand:
         # The job's span links to the producer's; its context is what the ledger keeps, so the

@@ -19,6 +19,7 @@ Transitions are monotonic: news for a later or finished phase is a no-op.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,14 @@ class Published:
 
 
 @dataclass(frozen=True)
+class TooLarge:
+    """The state a decision produced is larger than the broker accepts: it was not written.
+    Given with that state, so the key can end with what does fit."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
 class UnknownUnresolved:
     """No webhook adopted an ambiguous submit within the grace period."""
 
@@ -167,6 +176,7 @@ Event = (
     | FilesRefused
     | Published
     | UnknownUnresolved
+    | TooLarge
 )
 
 # --- effects ------------------------------------------------------------------------------
@@ -268,7 +278,28 @@ def decide(
         return _on_cancel(record, key, now)
     if record is None:
         return NOTHING  # news about a key we hold no state for changes nothing
+    if isinstance(event, TooLarge):
+        return _too_large(record, event.error, now)
     return _on_progress(record, event, now, policy)
+
+
+# Metadata larger than this is left out of a `result_too_large` event, so that it fits.
+_KEPT_METADATA_BYTES = 16 * 1024
+
+
+def _too_large(record: LedgerRecord, error: ErrorDetail, now: datetime) -> Decision:
+    # Whatever made it large (the input, the result, inline data) is dropped; the fingerprint
+    # stays, so duplicates are still recognised, and the event says what happened.
+    request = {k: v for k, v in record.request.items() if k not in ("input", "metadata")}
+    metadata = record.request.get("metadata") or {}
+    if len(json.dumps(metadata, default=str)) <= _KEPT_METADATA_BYTES:
+        request["metadata"] = metadata
+    bare = record.model_copy(
+        update={"request": request, "result": None, "event": None, "published": False}
+    )
+    phase = Phase.CANCELLED if record.phase is Phase.CANCELLED else Phase.FAILED
+    status: Status = "cancelled" if phase is Phase.CANCELLED else "failed"
+    return _finish(bare, phase, status, error, now)
 
 
 def _on_submit(

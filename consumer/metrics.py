@@ -13,6 +13,7 @@ Series, as Prometheus sees them (all `genrelay_`):
     submissions_total{endpoint}         submit_retries_total{endpoint}
     ambiguous_submits_total{endpoint}   duplicates_suppressed_total, replays_total
     resolutions_total{source}           dead_letters_total{reason}
+    states_too_large_total              fenced_partitions_total
     queue_duration_seconds{endpoint}    run_duration_seconds{endpoint}      (histograms)
     downloaded_bytes_total, download_duration_seconds, uploaded_bytes_total,
     upload_duration_seconds             ledger_restore_duration_seconds    (histogram)
@@ -138,6 +139,14 @@ class RelayMetrics:
         self._dead_letters = meter.create_counter(
             "genrelay.dead_letters", description="records sent to the dead-letter topic"
         )
+        self._too_large = meter.create_counter(
+            "genrelay.states_too_large",
+            description="keys ended result_too_large: their state exceeded the record limit",
+        )
+        self._fenced = meter.create_counter(
+            "genrelay.fenced_partitions",
+            description="partitions this replica lost because a newer owner fenced it",
+        )
         self._queue_time = meter.create_histogram(
             "genrelay.queue.duration",
             unit="s",
@@ -234,6 +243,14 @@ class RelayMetrics:
     def dead_lettered(self, reason: str) -> None:
         """A record went to the dead-letter topic with this reason code."""
         self._dead_letters.add(1, {"reason": reason})
+
+    def too_large(self) -> None:
+        """A key's state could not be stored whole: it ended `result_too_large`."""
+        self._too_large.add(1)
+
+    def fenced(self) -> None:
+        """A newer owner fenced one of this replica's partitions."""
+        self._fenced.add(1)
 
     def job_timings(self, endpoint: str, *, queued_seconds: float, run_seconds: float) -> None:
         """How long a finished job waited in the provider's queue and how long it ran."""

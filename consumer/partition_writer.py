@@ -31,6 +31,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from genrelay.consumer import failpoints
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ class PartitionWriter:
             )
         try:
             await producer.commit_transaction()
+            failpoints.reached("after_commit")
             for delivery in sent:
                 await delivery  # resolved by the commit; raises if a record was refused
         finally:

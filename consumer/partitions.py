@@ -24,6 +24,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from genrelay.consumer.jobs import Jobs
 from genrelay.consumer.ledger import Ledger, RestoreStats
+from genrelay.consumer.metrics import RelayMetrics
 from genrelay.consumer.offsets import PartitionOffsets
 from genrelay.consumer.partition_writer import PartitionWriter, Writers
 from genrelay.consumer.topics import TopicLayoutError
@@ -61,6 +62,7 @@ class Ownership:
         ledger: Ledger,
         jobs: Jobs,
         writers: Writers,
+        metrics: RelayMetrics,
         on_change: Callable[[], None],
         on_crash: Callable[[BaseException], None],
     ) -> None:
@@ -69,6 +71,7 @@ class Ownership:
         self._ledger = ledger
         self._jobs = jobs
         self._writers = writers
+        self._metrics = metrics
         self._on_change = on_change
         self._on_crash = on_crash
         self._consumer: AIOKafkaConsumer | None = None
@@ -296,6 +299,7 @@ class Ownership:
         if self._states.get(partition) is not State.READY:
             return
         log.warning("partition %d was taken over by another replica; stopping its keys", partition)
+        self._metrics.fenced()
         self._leave(partition)
         self._states[partition] = State.LOST
         if self._consumer is not None:

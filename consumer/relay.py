@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.artifacts import Downloader, DownloadPolicy
-from genrelay.consumer.config import Settings
+from genrelay.consumer.config import RECORD_HEADROOM, Settings
 from genrelay.consumer.errors import Fenced
 from genrelay.consumer.events import KafkaPublisher
 from genrelay.consumer.fal import FalProvider
@@ -85,6 +85,7 @@ class Relay:
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
+            max_request_size=settings.kafka_max_request_bytes,
         )
         self._http = pooled_client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.provider = FalProvider(
@@ -99,7 +100,13 @@ class Relay:
         self.metrics = RelayMetrics(self._gauges(), service_name=settings.service_name)
         self.recent = RecentOutcomes()
         observers = Observers(tracer=tracer, metrics=self.metrics, recent=self.recent)
-        self.publisher = KafkaPublisher(self._producer, self.writers, self.topics, self.metrics)
+        self.publisher = KafkaPublisher(
+            self._producer,
+            self.writers,
+            self.topics,
+            self.metrics,
+            max_record_bytes=settings.kafka_max_request_bytes,
+        )
         self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
         self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._downloader = Downloader(self._download_http, policy=self._download_policy())
@@ -160,12 +167,13 @@ class Relay:
                 group_id=settings.group_id,
                 release_grace=2.0,
                 lost_wait=settings.session_timeout_ms / 1000 * 1.5,
-                max_record_bytes=settings.max_record_bytes,
+                max_record_bytes=settings.kafka_max_request_bytes,
             ),
             self.topics,
             ledger=self.ledger,
             jobs=self.jobs,
             writers=self.writers,
+            metrics=self.metrics,
             on_change=self._ownership_changed,
             on_crash=self._crashed,
         )
@@ -360,8 +368,14 @@ class Relay:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def _hand_over(self, delivery: WebhookDelivery) -> None:
+        value = to_json_bytes(delivery)
+        if len(value) > self.settings.kafka_max_request_bytes - RECORD_HEADROOM:
+            # Too large for the topic: hand over the news alone; the owner fetches the result.
+            reason = f"payload of {len(value)} bytes left out: larger than a record may be"
+            delivery = delivery.model_copy(update={"payload": None, "payload_error": reason})
+            value = to_json_bytes(delivery)
         await self._producer.send_and_wait(
-            self.topics.webhooks, to_json_bytes(delivery), key=delivery.idempotency_key.encode()
+            self.topics.webhooks, value, key=delivery.idempotency_key.encode()
         )
 
     # --- partitions -----------------------------------------------------------------------

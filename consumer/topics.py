@@ -6,9 +6,13 @@ import asyncio
 import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from genrelay.consumer.config import Settings
+
+_MAX_MESSAGE = "max.message.bytes"
+_KAFKA_DEFAULT = 1024 * 1024 + 12
 
 
 class TopicLayoutError(RuntimeError):
@@ -24,6 +28,8 @@ async def ensure_topics(settings: Settings) -> int:
         if settings.create_topics:
             await _create(admin, settings)
         counts = await _partition_counts(admin, [topics.requests, topics.ledger, topics.webhooks])
+        if not any(count == 0 for count in counts.values()):
+            await _check_record_limits(admin, settings)
     finally:
         await admin.close()
     missing = sorted(name for name, count in counts.items() if count == 0)
@@ -49,15 +55,37 @@ async def _partition_counts(
         await asyncio.sleep(0.2)
 
 
+async def _check_record_limits(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Every topic genrelay writes must accept the largest record it may produce."""
+    names = settings.topics.all()
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n, {_MAX_MESSAGE: None}) for n in names]
+    limits: dict[str, int] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object()["resources"]:
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == _MAX_MESSAGE and entry["config_value"]:
+                    limits[resource["resource_name"]] = int(entry["config_value"])
+    wanted = settings.kafka_max_request_bytes
+    small = {name: limit for name, limit in limits.items() if limit < wanted}
+    if small:
+        raise TopicLayoutError(
+            f"topics accept smaller records ({_MAX_MESSAGE}) than "
+            f"GENRELAY_KAFKA_MAX_REQUEST_BYTES={wanted}: {small}; "
+            f"raise their {_MAX_MESSAGE} or lower the setting"
+        )
+
+
 async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:
     topics = settings.topics
     compacted = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+    # Room for the largest record genrelay produces, plus the batch's own header.
+    sized = {_MAX_MESSAGE: str(max(settings.kafka_max_request_bytes + 12, _KAFKA_DEFAULT))}
     wanted = [
         NewTopic(
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            topic_configs=compacted if name == topics.ledger else {},
+            topic_configs={**sized, **(compacted if name == topics.ledger else {})},
         )
         for name in topics.all()
     ]

@@ -1,7 +1,8 @@
 """Dead-letter reason codes and the Kafka headers that carry them.
 
-A dead-letter record keeps the original key and value bytes untouched; why it was refused and
-where it came from travel in headers, as `(name, bytes)` pairs like aiokafka uses.
+A dead-letter record keeps the original key and value bytes untouched (unless they are too
+large to copy: see `TRUNCATED_FROM_HEADER`); why it was refused and where it came from travel
+in headers, as `(name, bytes)` pairs like aiokafka uses.
 """
 
 from collections.abc import Iterable
@@ -14,6 +15,9 @@ ERROR_HEADER = "genrelay-dlq-error"
 SOURCE_TOPIC_HEADER = "genrelay-dlq-source-topic"
 SOURCE_PARTITION_HEADER = "genrelay-dlq-source-partition"
 SOURCE_OFFSET_HEADER = "genrelay-dlq-source-offset"
+# Present only when the original value was too large to copy whole: its size in bytes. The
+# value is then its first bytes; the whole record is still at the source topic and offset.
+TRUNCATED_FROM_HEADER = "genrelay-dlq-truncated-from"
 
 # Error texts can be long (validation summaries); headers stay small.
 ERROR_MAX_CHARS = 1024

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from genrelay.bench.workload import read_topic
 from genrelay.deploy.local.replicas import RelayProcess
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
@@ -90,3 +91,30 @@ async def test_kill_at_phase_boundary_then_restart_pays_once(
 
 def _adopted(records: list[object]) -> bool:
     return any(json.loads(r.value).get("adopted") for r in records if r.value)  # type: ignore[attr-defined]
+
+
+async def test_a_kill_right_after_a_dead_letter_commits_never_writes_it_twice(
+    stack: StackInfo, patient_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # One partition, so the record after the bad ones is read only once they are passed.
+    settings = relay_settings(stack, patient_emulator, partitions=1, instance_id="relay-1")
+    bad = [(f"bad-{n}".encode(), b"{not json") for n in range(3)]
+    first = RelayProcess(settings, tmp_path, failpoint="after_commit")
+    await first.start()
+    await produce(stack.kafka_bootstrap, settings.topic_requests, bad)
+    assert await first.exited() != 0  # killed right after its first transaction committed
+
+    second = RelayProcess(settings, tmp_path)
+    await second.start()
+    try:
+        await produce(
+            stack.kafka_bootstrap,
+            settings.topic_requests,
+            [(b"after", submit_record("after", "after"))],
+        )
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: "after" in completions_by_key(rs), timeout=90)
+    finally:
+        second.stop()
+    letters = await read_topic(stack.kafka_bootstrap, settings.topic_dead_letter)
+    assert sorted(letter.key for letter in letters) == [key for key, _ in bad]

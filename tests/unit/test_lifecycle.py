@@ -342,3 +342,19 @@ def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
     assert isinstance(publish, lc.Publish)
     assert publish.event.status == "expired"
     assert publish.event.artifacts == []
+
+
+def test_a_state_too_large_to_store_ends_the_key_with_what_fits() -> None:
+    record, _ = step(submitted(), lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert record is not None
+    error = ErrorDetail(type="result_too_large", message="2 MB", retryable=False)
+    decision = lc.decide(record, lc.TooLarge(error), KEY, NOW)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    assert decision.record.result is None
+    assert "input" not in decision.record.request
+    assert decision.record.fingerprint == record.fingerprint
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.error == error
+    assert publish.event.request_id == "req-1"
