@@ -3,8 +3,9 @@
 The partition is filled with COMPLETED records shaped like the ones the throughput scenario
 leaves behind (request, provider job, stored result and completion event; every identifier
 unique per key), produced in large uncompressed batches. Then `Ledger.restore` reads it back
-in this process, timed, with the memory it keeps. A dedup window of finished keys is what a
-long-lived partition mostly holds.
+in this process, timed, with the memory it keeps: a cold rebuild of the local store from the
+topic, then, after a clean release wrote the store's checkpoint, a warm restore that reads
+only the tail. A dedup window of finished keys is what a long-lived partition mostly holds.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import asyncio
 import gc
 import hashlib
 import os
+import tempfile
 import time
-import tracemalloc
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -23,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import JsonValue
 
 from genrelay.bench.context import Bench
-from genrelay.bench.measure import available_memory_bytes, rss_bytes
+from genrelay.bench.measure import rss_bytes
 from genrelay.bench.services import delete_topics
 from genrelay.bench.workload import ENDPOINT, IMAGE_SIZE
 from genrelay.consumer.ledger import Ledger
@@ -32,14 +34,7 @@ from genrelay.schemas.completions import Artifact, CompletionEvent, Timings
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 
 _MB = 1024 * 1024
-_SAMPLE = 2_000
-# Kept free for everything else on the machine while the restored ledger is in memory.
-_HEADROOM = 2 * 1024 * _MB
 _FIELDS = ("key", "fingerprint", "request_id", "event_id", "sha256")
-
-
-class NotEnoughMemoryError(RuntimeError):
-    """The restore would not fit in the memory available now."""
 
 
 def record_template() -> str:
@@ -131,23 +126,6 @@ def _value(template: str, prefix: str, n: int) -> tuple[bytes, bytes]:
     return key.encode(), (template % fields).encode()
 
 
-def _bytes_per_record(template: str) -> float:
-    """What one restored record occupies in this process, from parsing a sample."""
-    values = [_value(template, "sample", n)[1] for n in range(_SAMPLE)]
-    LedgerRecord.model_validate_json(values[0])  # warm pydantic's caches outside the count
-    ours = not tracemalloc.is_tracing()
-    if ours:
-        tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        kept = [LedgerRecord.model_validate_json(v) for v in values]
-        per_record = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
-    finally:
-        if ours:
-            tracemalloc.stop()
-    return per_record
-
-
 async def fill(
     bootstrap: str, topic: str, template: str, prefix: str, keys: int, *, partition: int = 0
 ) -> None:
@@ -183,15 +161,6 @@ async def restore(bench: Bench) -> dict[str, Any]:
     """Fill one ledger partition, then time `Ledger.restore` of it."""
     keys = bench.plan.ledger_keys
     template = record_template()
-    per_record = _bytes_per_record(template)
-    # Resident memory ran about a quarter above the traced Python objects (allocator overhead).
-    need = per_record * keys * 1.3
-    available = available_memory_bytes()
-    if need > available - _HEADROOM:
-        raise NotEnoughMemoryError(
-            f"restoring {keys:,} keys needs about {need / 1e9:.1f} GB "
-            f"({per_record / 1024:.1f} KB each); {available / 1e9:.1f} GB available"
-        )
     bootstrap = bench.stack.kafka_bootstrap
     topic = f"bench-{bench.run_id}-restore.ledger"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -214,24 +183,31 @@ async def restore(bench: Bench) -> dict[str, Any]:
 async def _timed_restore(
     bootstrap: str, topic: str, keys: int, filled: float, record_bytes: int
 ) -> dict[str, Any]:
-    # The ledger only reads here: it owns no writers.
-    ledger = Ledger(Writers(), bootstrap, topic)
-    gc.collect()
-    rss_before, cpu_before = rss_bytes(os.getpid()), time.process_time()
-    stats = await ledger.restore([0])
-    cpu = time.process_time() - cpu_before
-    held = rss_bytes(os.getpid()) - rss_before
-    restored = len(ledger)
-    del ledger
+    # The ledger only reads here: it owns no writers. Its stores live in a scratch folder.
+    with tempfile.TemporaryDirectory(prefix="bench-state-") as state:
+        ledger = Ledger(Writers(), bootstrap, topic, Path(state))
+        gc.collect()
+        rss_before, cpu_before = rss_bytes(os.getpid()), time.process_time()
+        cold = await ledger.restore([0])
+        cpu = time.process_time() - cpu_before
+        held = rss_bytes(os.getpid()) - rss_before
+        restored = len(ledger)
+        # Let the partition go cleanly (checkpoint), then own it again: only the tail is read.
+        ledger.release([0])
+        again = Ledger(Writers(), bootstrap, topic, Path(state))
+        warm = await again.restore([0])
+        again.release([0])
     return {
         "keys": keys,
         "keys_restored": restored,
-        "records_read": stats.records_read,
+        "records_read": cold.records_read,
         "record_bytes": record_bytes,
         "fill_seconds": round(filled, 1),
-        "restore_seconds": round(stats.seconds, 2),
-        "records_per_second": round(stats.records_read / stats.seconds) if stats.seconds else None,
+        "restore_seconds": round(cold.seconds, 2),
+        "records_per_second": round(cold.records_read / cold.seconds) if cold.seconds else None,
         "restore_cpu_seconds": round(cpu, 2),
+        "warm_restore_seconds": round(warm.seconds, 3),
+        "warm_records_read": warm.records_read,
         "memory_mb": round(held / _MB, 1),
-        "memory_kb_per_key": round(held / keys / 1024, 2),
+        "rss_bytes_per_finished_key": round(max(0, held) / keys, 1),
     }

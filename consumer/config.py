@@ -7,6 +7,7 @@ real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -134,6 +135,10 @@ class Settings(BaseSettings):
         False, description="re-post an ambiguous submit nobody adopted (may pay twice)"
     )
     dedup_window_days: float = Field(7.0, gt=0, description="how long a key is remembered")
+    state_dir: Path = Field(
+        Path("/tmp/genrelay-state"),
+        description="local state stores; kept across restarts when GENRELAY_INSTANCE_ID is set",
+    )
     commit_interval_seconds: float = Field(1.0, gt=0, description="how often offsets commit")
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, description="SIGTERM: time for running steps to finish"

@@ -2,24 +2,35 @@
 
 The replica that owns requests partition *p* owns ledger partition *p*. On assignment it first
 fences earlier owners (its partition writer), then reads that partition's committed records
-from the beginning to their end before any of its records are dispatched; every transition is
-committed, in the partition's transaction, before the side effect that depends on it.
+before any of its records are dispatched; every transition is committed, in the partition's
+transaction, before the side effect that depends on it.
+
+Memory holds the open keys. Finished keys (the bulk of the dedup window) live in the
+partition's local state store, which also lets a replica that owns the partition again read
+only the ledger's tail (see `state_store`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from genrelay.consumer.partition_writer import Outgoing, Writers
-from genrelay.schemas.ledger import LedgerRecord
+from genrelay.consumer.state_store import PartitionStore, StoredState
+from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord
 
 log = logging.getLogger(__name__)
+
+_TERMINAL = frozenset(phase.value for phase in TERMINAL_PHASES)
+# Records applied to the store per batch while reading the topic.
+_BATCH = 2_000
 
 
 @dataclass(frozen=True)
@@ -28,37 +39,84 @@ class RestoreStats:
     records_read: int
     keys: int
     seconds: float
+    # Partitions read from a checkpoint (only their tail) rather than from the beginning.
+    from_checkpoint: tuple[int, ...] = ()
 
 
-def _in_memory(record: LedgerRecord) -> LedgerRecord:
-    """What to keep in memory of a record: a finished key needs only its fingerprint and event.
+@dataclass
+class _Reading:
+    """One partition being read: open keys as raw states (parsed at the end), store batches."""
 
-    Finished keys are the bulk of a partition (they are remembered for the dedup window), and
-    their input and raw result can be large; the topic keeps the full record regardless.
-    """
-    if record.terminal and record.published and record.event is not None:
-        return record.model_copy(update={"request": {}, "result": None})
-    return record
+    store: PartitionStore
+    end: int
+    open_values: dict[str, bytes] = field(default_factory=dict)
+    finished: dict[str, StoredState] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.open_values.pop(key, None)
+            self.finished.pop(key, None)
+            self.deleted.add(key)
+            return
+        state = json.loads(value)
+        if state["phase"] in _TERMINAL and state.get("published"):
+            self.open_values.pop(key, None)
+            self.deleted.discard(key)
+            self.finished[key] = StoredState(key, _epoch(state["updated_at"]), True, value)
+        else:
+            self.finished.pop(key, None)
+            self.deleted.discard(key)
+            self.open_values[key] = value
+
+    def flush(self) -> None:
+        self.store.delete_many(self.deleted)
+        self.store.put_many(self.finished.values())
+        self.deleted.clear()
+        self.finished.clear()
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def _finished(record: LedgerRecord) -> bool:
+    return record.terminal and record.published
 
 
 class Ledger:
-    """In-memory view of the owned ledger partitions, written through their fenced writers."""
+    """The owned ledger partitions: open keys in memory, finished keys in local stores."""
 
-    def __init__(self, writers: Writers, bootstrap: str, topic: str) -> None:
+    def __init__(self, writers: Writers, bootstrap: str, topic: str, state_dir: Path) -> None:
         self._writers = writers
         self._bootstrap = bootstrap
         self.topic = topic
-        self._records: dict[str, LedgerRecord] = {}
+        self._state_dir = state_dir
+        self._open: dict[str, LedgerRecord] = {}
         self._partition_of: dict[str, int] = {}
+        self._stores: dict[int, PartitionStore] = {}
+        self._next_offset: dict[int, int] = {}
 
     def get(self, key: str) -> LedgerRecord | None:
-        return self._records.get(key)
+        record = self._open.get(key)
+        if record is not None:
+            return record
+        for store in self._stores.values():
+            value = store.get(key)
+            if value is not None:
+                return LedgerRecord.model_validate_json(value)
+        return None
 
     def keys_in(self, partition: int) -> list[str]:
+        """The open keys of a partition."""
         return [k for k, p in self._partition_of.items() if p == partition]
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._open) + sum(store.count() for store in self._stores.values())
+
+    @property
+    def open_keys(self) -> int:
+        return len(self._open)
 
     async def write(
         self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
@@ -67,37 +125,63 @@ class Ledger:
         key = record.idempotency_key
         value = record.model_dump_json().encode()
         state = Outgoing(self.topic, value, key.encode(), partition)
-        await self._writers.get(partition).write(state, *also)
-        self._records[key] = _in_memory(record)
-        self._partition_of[key] = partition
+        offsets = await self._writers.get(partition).write(state, *also)
+        self._advance(partition, offsets[0] + 1)
+        if _finished(record) and (store := self._stores.get(partition)) is not None:
+            store.put_many([StoredState(key, record.updated_at.timestamp(), True, value)])
+            self._forget(key)
+        else:
+            self._open[key] = record
+            self._partition_of[key] = partition
+
+    def _advance(self, partition: int, next_offset: int) -> None:
+        self._next_offset[partition] = max(self._next_offset.get(partition, 0), next_offset)
 
     async def forget_expired(self, partition: int, window: timedelta, now: datetime) -> int:
         """Tombstone finished keys older than the dedup window; returns how many."""
-        expired = [
-            key
-            for key in self.keys_in(partition)
-            if (rec := self._records[key]).terminal
-            and rec.published
-            and rec.updated_at < now - window
-        ]
+        store = self._stores.get(partition)
+        if store is None:
+            return 0
         writer = self._writers.get(partition)
-        for key in expired:
-            await writer.write(Outgoing(self.topic, None, key.encode(), partition))
-            self._drop(key)
-        return len(expired)
+        forgotten = 0
+        while expired := store.finished_before((now - window).timestamp()):
+            offsets = await writer.write(
+                *(Outgoing(self.topic, None, key.encode(), partition) for key in expired)
+            )
+            self._advance(partition, max(offsets) + 1)
+            store.delete_many(expired)
+            forgotten += len(expired)
+        return forgotten
 
     def release(self, partitions: Iterable[int]) -> None:
-        """Forget the state of partitions this replica no longer owns."""
-        gone = set(partitions)
-        for key in [k for k, p in self._partition_of.items() if p in gone]:
-            self._drop(key)
+        """Let partitions go: their stores keep every key and a checkpoint for next time."""
+        for partition in set(partitions):
+            keys = self.keys_in(partition)
+            store = self._stores.pop(partition, None)
+            if store is not None:
+                states = [
+                    StoredState(k, r.updated_at.timestamp(), False, r.model_dump_json().encode())
+                    for k in keys
+                    if (r := self._open[k]) is not None
+                ]
+                store.put_many(states)
+                if (offset := self._next_offset.pop(partition, None)) is not None:
+                    store.checkpoint(offset)
+                store.close()
+            for key in keys:
+                self._forget(key)
 
-    def _drop(self, key: str) -> None:
-        self._records.pop(key, None)
+    def _forget(self, key: str) -> None:
+        self._open.pop(key, None)
         self._partition_of.pop(key, None)
 
+    def _store(self, partition: int) -> PartitionStore:
+        path = self._state_dir / f"{self.topic}-{partition}.sqlite"
+        return PartitionStore(path, self.topic, partition)
+
     async def restore(self, partitions: Iterable[int]) -> RestoreStats:
-        """Read the given ledger partitions' committed records from the beginning to their end.
+        """Read the given ledger partitions' committed records: from their store's checkpoint
+        when it has one, else from the beginning, to their end.
 
         Call it after the partitions' writers have started: that aborted any transaction an
         earlier owner left open, so the end read here is final for the previous owners.
@@ -125,40 +209,70 @@ class Ledger:
     ) -> RestoreStats:
         started = time.monotonic()
         ends: dict[TopicPartition, int] = await consumer.end_offsets(wanted)
-        await consumer.seek_to_beginning(*wanted)
-        seen: dict[str, tuple[int, LedgerRecord | None]] = {}
-        read = 0
-        remaining = {tp for tp in wanted if ends[tp] > 0}
-        # Compaction leaves gaps, so a partition is done by its position, not by a last offset.
-        while remaining:
-            # Small batches: parsing is CPU-bound, and the group's heartbeats share this loop.
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=2_000)
-            for tp, messages in batch.items():
-                for message in messages:
-                    if message.key is None or message.offset >= ends[tp]:
-                        continue
-                    read += 1
-                    value = message.value
-                    record = None if value is None else LedgerRecord.model_validate_json(value)
-                    seen[message.key.decode()] = (tp.partition, record and _in_memory(record))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        for key, (partition, record) in seen.items():
-            if record is None:
-                self._drop(key)
+        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(wanted)
+        readings: dict[TopicPartition, _Reading] = {}
+        tails: list[int] = []
+        for tp in wanted:
+            store = self._stores.pop(tp.partition, None) or self._store(tp.partition)
+            checkpoint = store.open()
+            usable = checkpoint is not None and starts[tp] <= checkpoint.next_offset <= ends[tp]
+            reading = readings[tp] = _Reading(store, ends[tp])
+            if checkpoint is not None and usable:
+                tails.append(tp.partition)
+                reading.open_values.update(
+                    (LedgerRecord.model_validate_json(v).idempotency_key, v)
+                    for v in store.open_states()
+                )
+                consumer.seek(tp, checkpoint.next_offset)
             else:
-                self._records[key] = record
-                self._partition_of[key] = partition
-        keys = sum(1 for _, record in seen.values() if record is not None)
+                store.clear()  # nothing in it can be trusted: rebuild it from the topic
+                await consumer.seek_to_beginning(tp)
+        read = await self._read(consumer, readings)
+        keys = 0
+        for tp, reading in readings.items():
+            reading.flush()
+            for key, value in reading.open_values.items():
+                self._open[key] = LedgerRecord.model_validate_json(value)
+                self._partition_of[key] = tp.partition
+            self._stores[tp.partition] = reading.store
+            self._next_offset[tp.partition] = ends[tp]
+            keys += len(reading.open_values) + reading.store.count()
         stats = RestoreStats(
-            tuple(tp.partition for tp in wanted), read, keys, time.monotonic() - started
+            tuple(tp.partition for tp in wanted),
+            read,
+            keys,
+            time.monotonic() - started,
+            tuple(tails),
         )
         log.info(
-            "ledger partitions %s restored: %d keys from %d records in %.3f s",
+            "ledger partitions %s restored (%s from a checkpoint): %d keys from %d records "
+            "in %.3f s",
             list(stats.partitions),
+            list(stats.from_checkpoint),
             stats.keys,
             stats.records_read,
             stats.seconds,
         )
         return stats
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, readings: dict[TopicPartition, _Reading]
+    ) -> int:
+        read = 0
+        remaining = {tp for tp, r in readings.items() if await consumer.position(tp) < r.end}
+        # Compaction leaves gaps, so a partition is done by its position, not by a last offset.
+        while remaining:
+            # Small batches: parsing is CPU-bound, and the group's heartbeats share this loop.
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=_BATCH)
+            for tp, messages in batch.items():
+                reading = readings[tp]
+                for message in messages:
+                    if message.key is None or message.offset >= reading.end:
+                        continue
+                    read += 1
+                    reading.apply(message.key.decode(), message.value)
+                reading.flush()
+            for tp in list(remaining):
+                if await consumer.position(tp) >= readings[tp].end:
+                    remaining.discard(tp)
+        return read

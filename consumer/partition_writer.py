@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -65,7 +66,7 @@ class Outgoing:
 @dataclass
 class _Batch:
     records: Sequence[Outgoing]
-    future: asyncio.Future[None]
+    future: asyncio.Future[tuple[int, ...]]  # the records' offsets, once committed
     # Runs just before the transaction is built: the input offsets it finishes then commit
     # in the same transaction as the records (a dead letter and its offset, atomically).
     finishes: Callable[[], None] | None = None
@@ -141,9 +142,10 @@ class PartitionWriter:
 
     def submit(
         self, records: Sequence[Outgoing], *, finishes: Callable[[], None] | None = None
-    ) -> asyncio.Future[None]:
-        """Queue records for the next transaction; the future resolves once it has committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ) -> asyncio.Future[tuple[int, ...]]:
+        """Queue records for the next transaction; the future gives their offsets once it has
+        committed."""
+        future: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         # A caller that does not wait (progress, a dead letter) must not leave an error unread.
         future.add_done_callback(_consume_error)
         if not self.usable:
@@ -158,9 +160,10 @@ class PartitionWriter:
         self._wakeup.set()
         return future
 
-    async def write(self, *records: Outgoing) -> None:
-        """Produce `records` atomically and wait until their transaction has committed."""
-        await self.submit(records)
+    async def write(self, *records: Outgoing) -> tuple[int, ...]:
+        """Produce `records` atomically and wait until their transaction has committed;
+        returns their offsets."""
+        return await self.submit(records)
 
     def nudge(self) -> None:
         """Commit consumed offsets soon even when nothing else is written."""
@@ -195,7 +198,7 @@ class PartitionWriter:
             await asyncio.sleep(self._tick)  # let a tick's writes gather into one transaction
             batches, self._pending = self._pending, []
             try:
-                await self._commit(batches)
+                committed = await self._commit(batches)
             except _FATAL as exc:
                 self._lose(batches, exc)
                 return
@@ -217,26 +220,26 @@ class PartitionWriter:
                 pause = min(_LONGEST_PAUSE, pause * 2)
                 continue
             pause = _FIRST_PAUSE
-            for batch in batches:
+            for batch, offsets in zip(batches, committed, strict=True):
                 if not batch.future.done():
-                    batch.future.set_result(None)
+                    batch.future.set_result(offsets)
             if self._closing and not self._pending:
                 return
 
     def _offsets_due(self) -> dict[TopicPartition, int]:
         return {tp: o for tp, o in self._offsets().items() if self._committed.get(tp) != o}
 
-    async def _commit(self, batches: list[_Batch]) -> None:
+    async def _commit(self, batches: list[_Batch]) -> list[tuple[int, ...]]:
         for batch in batches:
             if batch.finishes is not None:
                 batch.finishes()
                 batch.finishes = None  # once, even if this transaction has to be retried
         offsets = self._offsets_due()
         if not batches and not offsets:
-            return
+            return []
         producer = self._producer
         await producer.begin_transaction()
-        sent = []
+        sent: list[asyncio.Future[Any]] = []
         for batch in batches:
             for r in batch.records:
                 sent.append(
@@ -251,14 +254,15 @@ class PartitionWriter:
         try:
             await producer.commit_transaction()
             failpoints.reached("after_commit")
-            for delivery in sent:
-                await delivery  # resolved by the commit; raises if a record was refused
+            # Resolved by the commit; raises if a record was refused.
+            written = iter([(await delivery).offset for delivery in sent])
         finally:
             for delivery in sent:
                 delivery.add_done_callback(_consume_error)
         self._committed.update(offsets)
         self.stats.transactions += 1
         self.stats.records += len(sent)
+        return [tuple(next(written) for _ in batch.records) for batch in batches]
 
     async def _abort(self) -> None:
         with contextlib.suppress(KafkaError, IllegalOperation, AssertionError):
@@ -286,7 +290,7 @@ class PartitionWriter:
                 batch.future.set_exception(error)
 
 
-def _consume_error(future: asyncio.Future[None]) -> None:
+def _consume_error(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

@@ -336,6 +336,8 @@ class Ownership:
         leaving = list(self._leaving.values())
         if leaving:
             await asyncio.gather(*leaving, return_exceptions=True)
+        # Stores keep every key and a checkpoint: the next owner here reads only the tail.
+        self._ledger.release(partitions)
         self._states.clear()
 
 

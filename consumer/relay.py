@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,6 +65,26 @@ from genrelay.schemas.webhooks import WebhookDelivery
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _StateDir:
+    path: Path
+    temporary: bool
+
+    def cleanup(self) -> None:
+        if self.temporary:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _state_dir(settings: Settings) -> _StateDir:
+    # A static member (GENRELAY_INSTANCE_ID) finds its stores again after a restart; any
+    # other replica's identity ends with its process, so its stores go with it.
+    base = settings.state_dir / settings.group_id
+    if settings.instance_id:
+        return _StateDir(base / settings.instance_id, temporary=False)
+    base.mkdir(parents=True, exist_ok=True)
+    return _StateDir(Path(tempfile.mkdtemp(prefix="replica-", dir=base)), temporary=True)
+
+
 @dataclass
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     # Bookkeeping only: the group waits for these, and heartbeats stop while it does.
@@ -92,7 +115,10 @@ class Relay:
             settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
         )
         self.writers = Writers()
-        self.ledger = Ledger(self.writers, settings.kafka_bootstrap, self.topics.ledger)
+        self._state_dir = _state_dir(settings)
+        self.ledger = Ledger(
+            self.writers, settings.kafka_bootstrap, self.topics.ledger, self._state_dir.path
+        )
         self.tracer_provider = setup_tracing(
             settings.service_name, settings.otlp_endpoint, exporter=span_exporter
         )
@@ -316,6 +342,7 @@ class Relay:
         await self.provider.aclose()
         await self._http.aclose()
         await self.store.aclose()
+        self._state_dir.cleanup()
         self.tracer_provider.shutdown()
         self.metrics.shutdown()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -146,11 +147,12 @@ async def test_normal_work_overtakes_low_priority_work_when_slots_are_full(
     assert priorities["hi-0"] == "normal"
 
 
-async def test_keys_past_the_dedup_window_are_tombstoned(stack: StackInfo) -> None:
+async def test_keys_past_the_dedup_window_are_tombstoned(stack: StackInfo, tmp_path: Path) -> None:
     topic = f"window-{datetime.now(UTC).timestamp():.0f}.ledger"
     await _create_topic(stack, topic, partitions=1)
     async with owned_partitions(stack.kafka_bootstrap, f"g-{topic}", [0]) as writers:
-        ledger = Ledger(writers, stack.kafka_bootstrap, topic)
+        ledger = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "owner")
+        await ledger.restore([0])
         now = datetime.now(UTC)
         for key, age in (("old", timedelta(days=8)), ("recent", timedelta(days=1))):
             stamp = now - age
@@ -159,7 +161,7 @@ async def test_keys_past_the_dedup_window_are_tombstoned(stack: StackInfo) -> No
         assert ledger.get("old") is None
         assert ledger.get("recent") is not None
         # A fresh reader of the ledger agrees: the old key is gone for good.
-        fresh = Ledger(writers, stack.kafka_bootstrap, topic)
+        fresh = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "reader")
         await fresh.restore([0])
         assert fresh.get("old") is None
         assert fresh.get("recent") is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -48,7 +49,7 @@ async def _ledger_topic(stack: StackInfo) -> str:
 
 
 async def test_a_new_owner_fences_the_old_writer_and_restores_only_what_it_committed(
-    stack: StackInfo,
+    stack: StackInfo, tmp_path: Path
 ) -> None:
     topic = await _ledger_topic(stack)
     group = f"g-{topic}"
@@ -67,7 +68,7 @@ async def test_a_new_owner_fences_the_old_writer_and_restores_only_what_it_commi
             with pytest.raises(Fenced):
                 await old.write(Outgoing(topic, _state("k", Phase.SUBMITTING), b"k", 0))
             assert lost == [0]
-            ledger = Ledger(writers, stack.kafka_bootstrap, topic)
+            ledger = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "1")
             await ledger.restore([0])
             record = ledger.get("k")
             assert record is not None
@@ -77,7 +78,7 @@ async def test_a_new_owner_fences_the_old_writer_and_restores_only_what_it_commi
 
 
 async def test_a_write_held_back_by_a_revoked_owner_cannot_regress_a_key(
-    stack: StackInfo,
+    stack: StackInfo, tmp_path: Path
 ) -> None:
     topic = await _ledger_topic(stack)
     group = f"g-{topic}"
@@ -94,7 +95,7 @@ async def test_a_write_held_back_by_a_revoked_owner_cannot_regress_a_key(
         await (await old.send(topic, _state("k", Phase.SUBMITTING), key=b"k", partition=0))
 
         async with owned_partitions(stack.kafka_bootstrap, group, [0]) as writers:
-            ledger = Ledger(writers, stack.kafka_bootstrap, topic)
+            ledger = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "2")
             await ledger.restore([0])
             restored = ledger.get("k")
             assert restored is not None
@@ -103,7 +104,7 @@ async def test_a_write_held_back_by_a_revoked_owner_cannot_regress_a_key(
             # The held-back write lands only now, after the new owner restored: refused.
             with pytest.raises(KafkaError):
                 await old.commit_transaction()
-            again = Ledger(writers, stack.kafka_bootstrap, topic)
+            again = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "3")
             await again.restore([0])
             record = again.get("k")
             assert record is not None
@@ -112,7 +113,9 @@ async def test_a_write_held_back_by_a_revoked_owner_cannot_regress_a_key(
         await old.stop()
 
 
-async def test_a_record_larger_than_the_limit_is_refused_alone(stack: StackInfo) -> None:
+async def test_a_record_larger_than_the_limit_is_refused_alone(
+    stack: StackInfo, tmp_path: Path
+) -> None:
     topic = await _ledger_topic(stack)
     async with owned_partitions(stack.kafka_bootstrap, f"g-{topic}", [0]) as writers:
         writer = writers.get(0)
@@ -121,6 +124,6 @@ async def test_a_record_larger_than_the_limit_is_refused_alone(stack: StackInfo)
             await writer.write(huge)
         # The writer is unharmed: the next write commits.
         await writer.write(Outgoing(topic, _state("k", Phase.ACCEPTED), b"k", 0))
-        ledger = Ledger(writers, stack.kafka_bootstrap, topic)
+        ledger = Ledger(writers, stack.kafka_bootstrap, topic, tmp_path / "4")
         await ledger.restore([0])
         assert ledger.get("k") is not None
