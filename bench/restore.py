@@ -28,7 +28,7 @@ from genrelay.bench.context import Bench
 from genrelay.bench.measure import rss_bytes
 from genrelay.bench.services import delete_topics
 from genrelay.bench.workload import ENDPOINT, IMAGE_SIZE
-from genrelay.consumer.ledger import Ledger
+from genrelay.consumer.ledger import Ledger, state_headers
 from genrelay.consumer.partition_writer import Writers
 from genrelay.schemas.completions import Artifact, CompletionEvent, Timings
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
@@ -142,12 +142,14 @@ async def fill(
     try:
         sent = []
         n = 0
+        headers = list(state_headers(True, time.time()))
         while n < keys:
             # Whole batches: far fewer Python calls per record than one send() each.
             batch = producer.create_batch()
             while n < keys:
                 key, value = _value(template, prefix, n)
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                # The headers genrelay puts on a finished key's state.
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     break
                 n += 1
             batch.close()

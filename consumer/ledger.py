@@ -29,6 +29,10 @@ from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord
 log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset(phase.value for phase in TERMINAL_PHASES)
+# Each ledger record says in headers whether its key is finished and when it last changed, so
+# a restore sorts records without parsing their values (which user data makes large).
+FINISHED_HEADER = "genrelay-finished"
+UPDATED_HEADER = "genrelay-updated"
 # Records applied to the store per batch while reading the topic.
 _BATCH = 2_000
 
@@ -53,17 +57,19 @@ class _Reading:
     finished: dict[str, StoredState] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
 
-    def apply(self, key: str, value: bytes | None) -> None:
+    def apply(
+        self, key: str, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()
+    ) -> None:
         if value is None:
             self.open_values.pop(key, None)
             self.finished.pop(key, None)
             self.deleted.add(key)
             return
-        state = json.loads(value)
-        if state["phase"] in _TERMINAL and state.get("published"):
+        finished, updated = _classify(value, headers)
+        if finished:
             self.open_values.pop(key, None)
             self.deleted.discard(key)
-            self.finished[key] = StoredState(key, _epoch(state["updated_at"]), True, value)
+            self.finished[key] = StoredState(key, updated, True, value)
         else:
             self.finished.pop(key, None)
             self.deleted.discard(key)
@@ -76,8 +82,18 @@ class _Reading:
         self.finished.clear()
 
 
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()
+def _classify(value: bytes, headers: tuple[tuple[str, bytes], ...]) -> tuple[bool, float]:
+    """Whether a state is finished, and when it changed: from its headers when it has them."""
+    found = dict(headers)
+    if FINISHED_HEADER in found and UPDATED_HEADER in found:
+        return found[FINISHED_HEADER] == b"1", float(found[UPDATED_HEADER])
+    state = json.loads(value)
+    finished = state["phase"] in _TERMINAL and bool(state.get("published"))
+    return finished, datetime.fromisoformat(state["updated_at"]).timestamp()
+
+
+def state_headers(finished: bool, updated: float) -> tuple[tuple[str, bytes], ...]:
+    return ((FINISHED_HEADER, b"1" if finished else b"0"), (UPDATED_HEADER, repr(updated).encode()))
 
 
 def _finished(record: LedgerRecord) -> bool:
@@ -124,11 +140,13 @@ class Ledger:
         """Commit the new state (with `also`, atomically); `Fenced` if no longer the owner."""
         key = record.idempotency_key
         value = record.model_dump_json().encode()
-        state = Outgoing(self.topic, value, key.encode(), partition)
+        finished, updated = _finished(record), record.updated_at.timestamp()
+        headers = state_headers(finished, updated)
+        state = Outgoing(self.topic, value, key.encode(), partition, headers)
         offsets = await self._writers.get(partition).write(state, *also)
         self._advance(partition, offsets[0] + 1)
-        if _finished(record) and (store := self._stores.get(partition)) is not None:
-            store.put_many([StoredState(key, record.updated_at.timestamp(), True, value)])
+        if finished and (store := self._stores.get(partition)) is not None:
+            store.put_many([StoredState(key, updated, True, value)])
             self._forget(key)
         else:
             self._open[key] = record
@@ -270,7 +288,7 @@ class Ledger:
                     if message.key is None or message.offset >= reading.end:
                         continue
                     read += 1
-                    reading.apply(message.key.decode(), message.value)
+                    reading.apply(message.key.decode(), message.value, tuple(message.headers))
                 reading.flush()
             for tp in list(remaining):
                 if await consumer.position(tp) >= readings[tp].end:

@@ -17,6 +17,7 @@ Series, as Prometheus sees them (all `genrelay_`):
     queue_duration_seconds{endpoint}    run_duration_seconds{endpoint}      (histograms)
     downloaded_bytes_total, download_duration_seconds, uploaded_bytes_total,
     upload_duration_seconds             ledger_restore_duration_seconds    (histogram)
+    rebalance_callback_duration_seconds (histogram: how long the group waited for this member)
     uncommitted_offsets{topic,partition}, oldest_in_flight_age_seconds{topic,partition}
 """
 
@@ -139,6 +140,12 @@ class RelayMetrics:
         self._dead_letters = meter.create_counter(
             "genrelay.dead_letters", description="records sent to the dead-letter topic"
         )
+        self._rebalance = meter.create_histogram(
+            "genrelay.rebalance.callback.duration",
+            unit="s",
+            description="time the assignment callback took (heartbeats wait for it)",
+            explicit_bucket_boundaries_advisory=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+        )
         self._too_large = meter.create_counter(
             "genrelay.states_too_large",
             description="keys ended result_too_large: their state exceeded the record limit",
@@ -243,6 +250,10 @@ class RelayMetrics:
     def dead_lettered(self, reason: str) -> None:
         """A record went to the dead-letter topic with this reason code."""
         self._dead_letters.add(1, {"reason": reason})
+
+    def rebalanced(self, callback_seconds: float) -> None:
+        """The group assigned partitions; the callback took this long."""
+        self._rebalance.record(callback_seconds)
 
     def too_large(self) -> None:
         """A key's state could not be stored whole: it ended `result_too_large`."""

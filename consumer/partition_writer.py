@@ -314,5 +314,9 @@ class Writers:
             raise Fenced(partition, "not owned by this replica")
         return writer
 
+    def usable(self, partition: int) -> bool:
+        writer = self._by_partition.get(partition)
+        return writer is not None and writer.usable
+
     def all(self) -> list[PartitionWriter]:
         return list(self._by_partition.values())

@@ -136,6 +136,11 @@ class Ownership:
             del self._states[partition]
             if (task := self._tasks.pop(partition, None)) is not None:
                 task.cancel()
+        for partition in sorted(mine & set(self._states)):
+            if self._states[partition] is State.READY and not self._writers.usable(partition):
+                # Fenced while the group was deciding: another owner came and went since, so
+                # what this replica holds is stale. Take it over again from the topic.
+                self._leave(partition)
         for partition in sorted(set(self._states) - mine):
             self._leave(partition)
         fresh = sorted(mine - set(self._states))
@@ -151,7 +156,13 @@ class Ownership:
         self.stable = True
         self.rebalances += 1
         self.last_callback_seconds = time.perf_counter() - started
-        log.info("assigned partitions %s (kept %s)", sorted(mine), sorted(set(mine) - set(fresh)))
+        self._metrics.rebalanced(self.last_callback_seconds)
+        log.info(
+            "assigned partitions %s (kept %s) in %.2f ms",
+            sorted(mine),
+            sorted(set(mine) - set(fresh)),
+            self.last_callback_seconds * 1000,
+        )
         self._on_change()
 
     def _grown(self, assigned: set[TopicPartition]) -> TopicLayoutError | None:

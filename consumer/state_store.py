@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS keys (
     updated REAL NOT NULL,   -- the state's updated_at (epoch seconds), for the dedup window
     finished INTEGER NOT NULL,
     value BLOB NOT NULL      -- the ledger record as written to the topic
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS keys_by_updated ON keys (finished, updated);
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -77,6 +77,8 @@ class PartitionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # The topic is the truth: a store lost with the machine is rebuilt, so no fsync waits.
+        # Large pages: a row carries a whole ledger state (a few KB).
+        db.execute("PRAGMA page_size=16384")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
