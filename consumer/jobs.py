@@ -72,6 +72,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _announcing(decision: lc.Decision) -> tuple[LedgerRecord, CompletionEvent] | None:
+    """The finished state and its event, when a decision does nothing but announce them."""
+    match decision:
+        case lc.Decision(record=LedgerRecord() as record, effects=(lc.Publish(event=event),)):
+            if record.terminal or record.event == event:
+                return record, event
+    return None
+
+
 class Jobs:
     """The actors of every owned key."""
 
@@ -223,6 +232,12 @@ class Jobs:
             elif source is not None:
                 event = self._traced(actor.key, event, source)
         decision = lc.decide(record, event, actor.key, _now(), self._policy)
+        decision = self._granted_at_once(actor, decision)
+        if (built := _announcing(decision)) is not None:
+            # The outcome, its event and the note that it was announced commit together.
+            self._cancel_slot_wait(actor)
+            await self._publish(actor, *built)
+            return
         if decision.record is not None:
             decision = await self._write(actor, decision)
             assert decision.record is not None
@@ -234,6 +249,17 @@ class Jobs:
             self._release_slot(actor)  # granted to a key that no longer needs it (cancelled)
         for effect in decision.effects:
             await self._perform(actor, effect, source)
+
+    def _granted_at_once(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
+        """A key that would wait for a slot while one is free takes it now: its `ACCEPTED`
+        state is never written alone, `SUBMITTING` (one commit, not two) supersedes it."""
+        accepted = decision.record
+        if decision.effects != (lc.AcquireSlot(),) or accepted is None or actor.slot is not None:
+            return decision
+        if actor.closed or not self._slots.try_acquire(accepted.endpoint):
+            return decision
+        self._note_slot(actor, accepted)
+        return lc.decide(accepted, lc.SlotGranted(), actor.key, _now(), self._policy)
 
     async def _write(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
         """Commit the decided state; one too large to store ends the key with what fits."""
@@ -297,7 +323,8 @@ class Jobs:
 
     async def _publish(self, actor: _Actor, record: LedgerRecord, event: CompletionEvent) -> None:
         # The event and the ledger's note that it was announced commit in one transaction,
-        # so a crash can neither lose the event nor announce it twice.
+        # so a crash can neither lose the event nor announce it twice. Until that commit
+        # nothing was announced, so a state too large to store ends the key another way.
         announced = lc.decide(record, lc.Published(), actor.key, _now(), self._policy)
         assert announced.record is not None
         assert not announced.effects
@@ -306,7 +333,16 @@ class Jobs:
             assert announced.record is not None
             await self._ledger.write(announced.record, actor.partition, also=(completion,))
 
-        await self._steps.publish(event, record.traceparent, commit)
+        try:
+            await self._steps.publish(event, record.traceparent, commit)
+        except RecordTooLarge as exc:
+            self._metrics.too_large()
+            error = ErrorDetail(type="result_too_large", message=str(exc), retryable=False)
+            bare = lc.decide(record, lc.TooLarge(error), actor.key, _now())
+            built = _announcing(bare)
+            assert built is not None
+            await self._publish(actor, *built)
+            return
         self._release_slot(actor)
         self._cancel_timer(actor)
 

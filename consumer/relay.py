@@ -336,6 +336,9 @@ class Relay:
         """Flush the producer, stop the HTTP server, close clients; safe to call twice."""
         if self._server is not None:
             self._server.should_exit = True
+            # Its port is free again only once it has stopped (a restart may bind it next).
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._server_task), timeout=10)
         await self._producer.stop()
         await self._downloader.aclose()
         await self._download_http.aclose()

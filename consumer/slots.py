@@ -55,6 +55,13 @@ class Slots:
         """Whether `acquire` would grant a slot at once."""
         return not self._waiters and self._free(endpoint)
 
+    def try_acquire(self, endpoint: str) -> bool:
+        """Take a slot if one is free without waiting (nobody is queued ahead)."""
+        if not self.available(endpoint):
+            return False
+        self._take(endpoint)
+        return True
+
     async def acquire(self, endpoint: str, priority: Priority) -> None:
         """Wait for a slot; normal-priority waiters are served before low-priority ones."""
         if not self._waiters and self._free(endpoint):
