@@ -67,6 +67,11 @@ class TopicTimes:
             entry.appended_ms.setdefault(phase, record.timestamp)
             updated = datetime.fromisoformat(state["updated_at"]).timestamp() * 1000
             entry.decided_ms.setdefault(phase, updated)
+            if phase == "COMPLETED" and state.get("finished_at"):
+                # Files stored and the outcome announced commit together: no STORED state is
+                # written on its own, and the files were stored when the key finished.
+                stored = datetime.fromisoformat(state["finished_at"]).timestamp() * 1000
+                entry.decided_ms.setdefault("STORED", stored)
         for item in submissions:
             key = str(item["input"].get("prompt"))
             times.received_ms.setdefault(key, float(item["received_at"]) * 1000)

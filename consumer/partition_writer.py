@@ -114,7 +114,7 @@ class PartitionWriter:
         partition: int,
         offsets: Callable[[], dict[TopicPartition, int]],
         on_lost: Callable[[int, BaseException], None],
-        tick_seconds: float = 0.005,
+        tick_seconds: float = 0.02,
         max_request_size: int = 1024 * 1024,
     ) -> None:
         self.partition = partition
