@@ -81,6 +81,7 @@ class Ownership:
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
         # The co-partitioned topics' partition count, as found when the replica started.
         self.partition_count = 0
+        self._generation: int | None = None
         self.stable = False
         self.rebalances = 0
         self.last_callback_seconds = 0.0
@@ -131,6 +132,11 @@ class Ownership:
             self._on_crash(grown)
             return
         mine = {tp.partition for tp in assigned if tp.topic == self._topics.requests}
+        if self._missed_a_generation(consumer):
+            # Expelled (paused, cut off) while the group went on: whatever this replica holds
+            # may have had another owner since. Take everything over again from the topic.
+            for partition in [p for p, s in self._states.items() if s is not State.LOST]:
+                self._leave(partition)
         for partition in [p for p, s in self._states.items() if s is State.LOST]:
             # Fenced earlier: the group has now said whose it is.
             del self._states[partition]
@@ -164,6 +170,15 @@ class Ownership:
             self.last_callback_seconds * 1000,
         )
         self._on_change()
+
+    def _missed_a_generation(self, consumer: AIOKafkaConsumer) -> bool:
+        # aiokafka sets the new generation before it calls the listener.
+        generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+        if not isinstance(generation, int):
+            return True  # unknown: never keep state on a guess
+        missed = self._generation is not None and generation != self._generation + 1
+        self._generation = generation
+        return missed
 
     def _grown(self, assigned: set[TopicPartition]) -> TopicLayoutError | None:
         keyed = {self._topics.requests, self._topics.webhooks}
@@ -209,6 +224,24 @@ class Ownership:
             self._on_crash(exc)
 
     async def _take_over(self, partitions: list[int]) -> None:
+        pause = 0.5
+        while True:
+            try:
+                await self._take_over_once(partitions)
+                return
+            except KafkaError as exc:
+                # The broker is away (a restart, an outage): keep the partitions paused and
+                # try again while they are still this replica's to take over.
+                if not any(self._restoring(p) for p in partitions):
+                    return
+                log.warning("taking over partitions %s failed, retrying: %r", partitions, exc)
+                await asyncio.sleep(pause)
+                pause = min(10.0, pause * 2)
+
+    async def _take_over_once(self, partitions: list[int]) -> None:
+        partitions = [p for p in partitions if self._restoring(p)]
+        # Writers of an attempt that failed half-way are replaced, not leaked.
+        await _close_all([w for p in partitions if (w := self._writers.pop(p)) is not None])
         for partition in partitions:
             if (leaving := self._leaving.get(partition)) is not None:
                 await leaving
