@@ -96,6 +96,7 @@ class Completions:
 
 # How far along a key is; its committed ledger states may only move up (or stay).
 _PHASE_RANK = {
+    "ACCEPTED": 0,  # waiting for a slot, never posted
     "SUBMITTING": 0,
     "UNKNOWN": 0,  # both mean "the POST may have happened"; a policy may re-post from here
     "SUBMITTED": 1,

@@ -177,10 +177,15 @@ class Ledger:
             keys = self.keys_in(partition)
             store = self._stores.pop(partition, None)
             if store is not None:
+                records = [self._open[k] for k in keys]
                 states = [
-                    StoredState(k, r.updated_at.timestamp(), False, r.model_dump_json().encode())
-                    for k in keys
-                    if (r := self._open[k]) is not None
+                    StoredState(
+                        r.idempotency_key,
+                        r.updated_at.timestamp(),
+                        False,
+                        r.model_dump_json().encode(),
+                    )
+                    for r in records
                 ]
                 store.put_many(states)
                 if (offset := self._next_offset.pop(partition, None)) is not None:
