@@ -5,9 +5,10 @@ can create a second, separately billed request. Here a submit is sent exactly on
 failure is classified instead:
 
 - ``NotSent``: the request provably never reached fal (connect error or timeout, pool
-  timeout, DNS failure, 429, or an ingress 502/503/504 without ``x-fal-request-id``).
+  timeout, DNS failure, TLS handshake, 429).
 - ``MaybeSent``: fal may have accepted it (read or write timeout, reset after send, any
-  other 5xx, an unreadable 2xx).
+  5xx, an unreadable 2xx). That includes a 502/503/504 without ``x-fal-request-id``: a
+  proxy or gateway that answers so has usually forwarded the request already.
 - ``Rejected``: fal answered definitively (4xx other than 429).
 """
 
@@ -381,7 +382,7 @@ def _failure(response: httpx.Response) -> ProviderError:
     if status == 429:
         return NotSent(f"{where}: rate limited", retry_after=_retry_after(response))
     if _from_ingress(response):
-        return NotSent(f"{where}: ingress error before fal took the request")
+        return MaybeSent(f"{where}: gateway error; it may have forwarded the request")
     if status >= 500:
         return MaybeSent(where)
     info = classify_error(status, _json_or_none(response), response.headers)

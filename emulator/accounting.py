@@ -17,6 +17,7 @@ COUNTERS = (
     "submissions",
     "rejected_submits",
     "dropped_submit_responses",
+    "gateway_error_submit_responses",
     "delayed_submit_responses",
     "unauthorized",
     "completed",

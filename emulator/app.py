@@ -194,6 +194,10 @@ class QueueApi:
         if fate.drop:
             emulator.accounting.count("dropped_submit_responses")
             return DroppedConnection()
+        if fate.gateway_error:
+            # What a proxy answers when fal was slow: no x-fal-request-id, an HTML page.
+            emulator.accounting.count("gateway_error_submit_responses")
+            return Response("<html>504 Gateway Time-out</html>", 504, media_type="text/html")
         if fate.delay_ms > 0:
             emulator.accounting.count("delayed_submit_responses")
             await asyncio.sleep(fate.delay_ms / 1000)

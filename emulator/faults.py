@@ -29,6 +29,7 @@ class ArmRequest(BaseModel):
     reject_submits: int = Count
     reject_for_s: float = Field(default=0.0, ge=0)
     drop_submit_responses: int = Count
+    gateway_error_submits: int = Count
     delay_submit_responses: int = Count
     delay_submit_ms: float = Field(default=0.0, ge=0)
     lose_webhooks: int = Count
@@ -46,6 +47,7 @@ class ArmedFaults:
     reject_submits: int = 0
     reject_until: float = 0.0
     drop_submit_responses: int = 0
+    gateway_error_submits: int = 0
     delay_submit_responses: int = 0
     delay_submit_ms: float = 0.0
     lose_webhooks: int = 0
@@ -60,6 +62,7 @@ class ArmedFaults:
             "reject_submits": self.reject_submits,
             "reject_for_s": max(0.0, self.reject_until - time.monotonic()),
             "drop_submit_responses": self.drop_submit_responses,
+            "gateway_error_submits": self.gateway_error_submits,
             "delay_submit_responses": self.delay_submit_responses,
             "delay_submit_ms": self.delay_submit_ms,
             "lose_webhooks": self.lose_webhooks,
@@ -75,6 +78,8 @@ class SubmitFate:
     """What happens to the response of an accepted submit."""
 
     drop: bool = False
+    # A gateway in front of the queue forwarded the submit, then answered 504 itself.
+    gateway_error: bool = False
     delay_ms: float = 0.0
 
 
@@ -110,6 +115,7 @@ class Faults:
         if request.reject_for_s > 0:
             armed.reject_until = max(armed.reject_until, time.monotonic() + request.reject_for_s)
         armed.drop_submit_responses += request.drop_submit_responses
+        armed.gateway_error_submits += request.gateway_error_submits
         armed.delay_submit_responses += request.delay_submit_responses
         if request.delay_submit_responses:
             armed.delay_submit_ms = request.delay_submit_ms
@@ -135,6 +141,9 @@ class Faults:
         if armed.drop_submit_responses > 0:
             armed.drop_submit_responses -= 1
             return SubmitFate(drop=True)
+        if armed.gateway_error_submits > 0:
+            armed.gateway_error_submits -= 1
+            return SubmitFate(gateway_error=True)
         if armed.delay_submit_responses > 0:
             armed.delay_submit_responses -= 1
             return SubmitFate(delay_ms=armed.delay_submit_ms)

@@ -76,6 +76,26 @@ async def test_lost_submit_response_is_adopted_from_the_webhook_never_reposted(
     assert phases[:2] == ["SUBMITTING", "UNKNOWN"]
 
 
+async def test_a_gateway_504_after_forwarding_is_ambiguous_and_never_reposted(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    # fal accepted and billed the request; the proxy in front answered 504 without
+    # x-fal-request-id. Treating that as "never sent" would post (and pay) it again.
+    emulator.arm(gateway_error_submits=1)
+    settings = relay_settings(stack, emulator, unknown_grace_seconds=120.0)
+    async with running(settings):
+        await produce(
+            stack.kafka_bootstrap, settings.topic_requests, [(b"g504", submit_record("g504", "x"))]
+        )
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: len(rs) == 1)
+    assert emulator.stats()["gateway_error_submit_responses"] == 1
+    assert len(emulator.submissions()) == 1
+    event = json.loads(reader.records[0].value)
+    assert event["status"] == "succeeded"
+    assert event["attempts"] == 1
+
+
 async def test_cancel_command_cancels_at_the_provider_and_ends_the_key_cancelled(
     stack: StackInfo, emulator: EmulatorServer
 ) -> None:
