@@ -301,7 +301,8 @@ class Jobs:
             case lc.PostLater(at=at):
                 self._schedule(actor, (at - _now()).total_seconds(), lc.RetryDue())
             case lc.AwaitAdoption(since=since):
-                due = since + timedelta(seconds=self._timing.unknown_grace)
+                # A `since` ahead of this clock (another replica's ran fast) counts as now.
+                due = min(since, _now()) + timedelta(seconds=self._timing.unknown_grace)
                 self._schedule(actor, (due - _now()).total_seconds(), lc.UnknownUnresolved())
             case lc.Watch():
                 actor.retries = 0

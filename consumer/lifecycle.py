@@ -592,8 +592,9 @@ def build_event(
 
 
 def _timings(record: LedgerRecord, now: datetime) -> Timings:
-    total_ms = int((now - record.accepted_at).total_seconds() * 1000)
-    running_ms = int((record.inference_seconds or 0.0) * 1000)
+    # accepted_at may come from another replica's clock, or this one before it stepped back.
+    total_ms = max(0, int((now - record.accepted_at).total_seconds() * 1000))
+    running_ms = max(0, int((record.inference_seconds or 0.0) * 1000))
     running_ms = min(running_ms, total_ms)
     return Timings(queued_ms=total_ms - running_ms, running_ms=running_ms, total_ms=total_ms)
 

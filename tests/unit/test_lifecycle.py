@@ -238,6 +238,8 @@ MOVES = st.lists(
             "result_gone",
             "published",
             "cancel",
+            "clock_back",
+            "clock_ahead",
         ]
     ),
     max_size=40,
@@ -254,10 +256,11 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     announced: set[tuple[str, str]] = set()
     cancelled_before_any_post = False
     posts_after_that = 0
+    clock = NOW  # steps back and jumps ahead, as wall clocks (and other replicas') do
 
     def apply(event: lc.Event) -> None:
         nonlocal record, post_due, slot_due, posts_after_that
-        decision = lc.decide(record, event, KEY, NOW)
+        decision = lc.decide(record, event, KEY, clock)
         record = decision.record or record
         for effect in decision.effects:
             if isinstance(effect, lc.AcquireSlot):
@@ -316,12 +319,30 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             if paid == 0 and not post_due and record is not None:
                 cancelled_before_any_post = True
             apply(lc.CancelCommand())
+        elif move == "clock_back":
+            clock -= timedelta(seconds=400)
+        elif move == "clock_ahead":
+            clock += timedelta(seconds=400)
 
     assert paid <= 1
     assert posts_after_that == 0, "a cancel that arrived before any POST was paid for"
     assert len(announced) <= 1, announced
     if record is not None and record.terminal and record.event is not None:
         assert announced <= {(record.event.event_id, record.event.status)}
+
+
+def test_a_key_accepted_by_a_clock_ahead_of_ours_finishes_with_non_negative_timings() -> None:
+    # Another replica, 400 s ahead, accepted and submitted the key; this one finishes it.
+    ahead = NOW + timedelta(seconds=400)
+    record = lc.decide(None, SUBMIT, KEY, ahead).record
+    record = lc.decide(record, lc.SlotGranted(), KEY, ahead).record
+    record = lc.decide(record, lc.Accepted(JOB), KEY, ahead).record
+    record, _ = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    record, decision = step(record, lc.FilesStored((ARTIFACT,), {}))
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.timings.total_ms == 0
+    assert publish.event.timings.queued_ms == 0
 
 
 def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
