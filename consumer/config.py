@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from genrelay.consumer.lifecycle import Policy
+from genrelay.schemas.fields import BucketName
 from genrelay.schemas.topics import Topics
 
 # Room for what genrelay adds to a request record: its ledger state, or dead-letter headers.
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
     s3_secure: bool = Field(False, description="use HTTPS for S3")
     s3_region: str = Field("us-east-1", description="S3 region (saves a location lookup)")
-    bucket: str = Field("genrelay", description="bucket when a request names none")
+    bucket: BucketName = Field("genrelay", description="bucket when a request names none")
     prefix: str = Field("", description="key prefix when a request names none")
     upload_threads: int = Field(8, ge=1, description="threads of the blocking S3 client")
 

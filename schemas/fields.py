@@ -8,6 +8,7 @@ rule: patterns use only syntax that Rust's regex crate (pydantic), Python's `re`
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+from minio.helpers import check_bucket_name
 from pydantic import AfterValidator, AwareDatetime, JsonValue, StringConstraints
 
 _NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]+$"
@@ -27,8 +28,21 @@ IdempotencyKey = Annotated[
 Endpoint = Annotated[str, StringConstraints(max_length=256, pattern=ENDPOINT_PATTERN)]
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 Tenant = Annotated[str, StringConstraints(max_length=128, pattern=_NO_CONTROL_CHARS)]
+
+
+def _storable_bucket(name: str) -> str:
+    # The rules a pattern cannot say: no "..", ".-" or "-.", not an IP address, no reserved
+    # prefix or suffix (minio's own check, as strict as S3's).
+    check_bucket_name(name, strict=True, s3_check=True)
+    return name
+
+
 # S3 bucket naming rules, checked on intake so a job is never paid for output it cannot store.
-BucketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+BucketName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+    AfterValidator(_storable_bucket),
+]
 
 
 def _no_dot_segments(prefix: str) -> str:

@@ -69,13 +69,15 @@ async def test_malformed_records_are_dead_lettered_and_the_partition_flows(
         (b"k2", json.dumps({"schema_version": 9, "action": "submit"}).encode()),
         (b"k3", json.dumps({"schema_version": 1, "action": "submit"}).encode()),
         (b"k4", submit_record("k4", "p").replace(b"fal-ai/flux/schnell", b"not an endpoint")),
+        # A bucket S3 would refuse: never paid for, since its output could not be stored.
+        (b"k5", submit_record("k5", "p", output={"bucket": "10.20.30.40"})),
         (b"ok", submit_record("ok", "after the bad ones")),
         (b"ok", submit_record("ok", "a different payload under the same key")),
     ]
     async with running(settings):
         await produce(stack.kafka_bootstrap, settings.topic_requests, bad)
         async with TopicReader(stack.kafka_bootstrap, settings.topic_dead_letter) as dead:
-            await dead.until(lambda rs: len(rs) == 5)
+            await dead.until(lambda rs: len(rs) == 6)
         async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as done:
             await done.until(lambda rs: len(rs) == 1)
 
@@ -85,9 +87,10 @@ async def test_malformed_records_are_dead_lettered_and_the_partition_flows(
         b"k2": "unsupported_schema_version",
         b"k3": "missing_idempotency_key",
         b"k4": "invalid_endpoint",
+        b"k5": "schema_violation",
         b"ok": "idempotency_conflict",
     }
-    originals = {key: value for key, value in bad[:4]}
+    originals = {key: value for key, value in bad[:5]}
     for record in dead.records:
         if record.key in originals:
             assert record.value == originals[record.key]

@@ -77,6 +77,15 @@ def without(field: str) -> bytes:
         pytest.param(with_fields(priority="urgent"), "schema_violation", id="priority"),
         pytest.param(with_fields(metadata={"a": {"b": 1}}), "schema_violation", id="nested-meta"),
         pytest.param(with_fields(output={"bucket": "Bad_Bucket"}), "schema_violation", id="bkt"),
+        pytest.param(with_fields(output={"bucket": "a..b"}), "schema_violation", id="bkt-dots"),
+        pytest.param(with_fields(output={"bucket": "a.-b"}), "schema_violation", id="bkt-dot-dash"),
+        pytest.param(
+            with_fields(output={"bucket": "10.20.30.40"}), "schema_violation", id="bkt-ip"
+        ),
+        pytest.param(with_fields(output={"bucket": "xn--abc"}), "schema_violation", id="bkt-xn"),
+        pytest.param(
+            with_fields(output={"bucket": "ab-s3alias"}), "schema_violation", id="bkt-alias"
+        ),
         pytest.param(with_fields(deadline="2026-11-25T12:00:00"), "schema_violation", id="naive"),
         pytest.param(with_fields(deadline=1764072000), "schema_violation", id="epoch-deadline"),
     ],
