@@ -1,9 +1,10 @@
 """Output files: find them in a result, name them in the object store, download them safely.
 
 A result is JSON of any shape; every object with an http(s) ``url`` is a file to copy
-(fal's ``File``: ``{url, content_type?, file_name?, file_size?, …}``). Its URL may expire,
-so it is downloaded at once, checked, stored under a deterministic key, and the result is
-rewritten to point at the stored copy instead.
+(fal's ``File``: ``{url, content_type?, file_name?, file_size?, …}``), and so is every bare
+string that is an http(s) URL on a file host (``{"video_url": "https://v3.fal.media/…"}``).
+Its URL may expire, so it is downloaded at once, checked, stored under a deterministic key,
+and the result is rewritten to point at the stored copy instead.
 
 The URL comes from a third party, so the download trusts nothing: allowlisted hosts only,
 no private addresses (checked after resolution, and the connection is pinned to the
@@ -84,17 +85,22 @@ class FileRef:
     file_size: int | None = None
 
 
-def walk_files(output: JSON) -> list[FileRef]:
-    """Every file object in ``output``, depth first, in document order."""
+def walk_files(output: JSON, file_hosts: Sequence[str] = FAL_CDN_HOSTS) -> list[FileRef]:
+    """Every file in ``output``, depth first, in document order: file objects, and bare URL
+    strings on one of ``file_hosts`` (the hosts downloads may use)."""
     refs: list[FileRef] = []
-    _walk(output, (), refs)
+    _walk(output, (), refs, file_hosts)
     return refs
 
 
-def _walk(node: JSON, path: FilePath, refs: list[FileRef]) -> None:
+def _walk(node: JSON, path: FilePath, refs: list[FileRef], hosts: Sequence[str]) -> None:
     if isinstance(node, list):
         for index, item in enumerate(node):
-            _walk(item, (*path, index), refs)
+            _walk(item, (*path, index), refs, hosts)
+        return
+    if isinstance(node, str):
+        if path and _is_file_url(node, hosts):
+            refs.append(FileRef(path=path, url=node, file_name=_url_file_name(node)))
         return
     if not isinstance(node, dict):
         return
@@ -109,8 +115,8 @@ def _walk(node: JSON, path: FilePath, refs: list[FileRef]) -> None:
             )
         )
     for name, value in node.items():
-        if name != "url":
-            _walk(value, (*path, name), refs)
+        if not (name == "url" and _is_file(node)):
+            _walk(value, (*path, name), refs, hosts)
 
 
 def _is_file(node: dict[str, JSON]) -> bool:
@@ -119,11 +125,28 @@ def _is_file(node: dict[str, JSON]) -> bool:
     return isinstance(url, str) and url.lower().startswith(("https://", "http://"))
 
 
-def replace_files(output: JSON, objects: Mapping[FilePath, str]) -> JSON:
-    """``output`` with each file object at a path in ``objects`` pointing at its stored copy.
+def _is_file_url(text: str, hosts: Sequence[str]) -> bool:
+    # Any other text (a prompt, a link to a web page) stays text: only file hosts are files.
+    if not text.lower().startswith(("https://", "http://")) or any(c.isspace() for c in text):
+        return False
+    try:
+        host = httpx.URL(text).host
+    except httpx.InvalidURL:
+        return False
+    return bool(host) and _host_allowed(host, hosts)
 
-    The expiring ``url`` is dropped and ``"object": <reference>`` takes its place; the
-    file's other fields are kept. Raises ValueError if a path names no file object.
+
+def _url_file_name(url: str) -> str | None:
+    name = httpx.URL(url).path.rsplit("/", 1)[-1]
+    return name or None
+
+
+def replace_files(output: JSON, objects: Mapping[FilePath, str]) -> JSON:
+    """``output`` with each file at a path in ``objects`` pointing at its stored copy.
+
+    In a file object the expiring ``url`` is dropped and ``"object": <reference>`` takes its
+    place, the file's other fields kept; a bare URL string becomes the reference itself.
+    Raises ValueError if a path names no file.
     """
     unused = set(objects)
     replaced = _replace(output, (), objects, unused)
@@ -137,6 +160,13 @@ def _replace(
 ) -> JSON:
     if isinstance(node, list):
         return [_replace(item, (*path, index), objects, unused) for index, item in enumerate(node)]
+    if (
+        isinstance(node, str)
+        and path in objects
+        and node.lower().startswith(("https://", "http://"))
+    ):
+        unused.discard(path)
+        return objects[path]
     if not isinstance(node, dict):
         return node
     stored = objects.get(path) if _is_file(node) else None
@@ -252,6 +282,11 @@ class Downloader:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    @property
+    def file_hosts(self) -> tuple[str, ...]:
+        """The hosts whose bare URLs in a result are files to copy."""
+        return self._policy.allowed_hosts
 
     async def download(self, ref: FileRef) -> DownloadedFile:
         """Download ``ref``, retrying transient failures with jittered backoff.

@@ -57,7 +57,7 @@ class ResultFiles:
         await self._store.ensure_bucket(bucket)
         artifacts: list[Artifact] = []
         references: dict[Any, str] = {}
-        for n, ref in enumerate(walk_files(record.result)):
+        for n, ref in enumerate(walk_files(record.result, self._downloader.file_hosts)):
             artifact = await self._copy(ref, bucket, prefix, record, n)
             artifacts.append(artifact)
             references[ref.path] = f"s3://{artifact.bucket}/{artifact.key}"

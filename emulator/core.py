@@ -190,7 +190,9 @@ class Emulator:
 
     @staticmethod
     def _registry(settings: EmulatorSettings) -> ModelRegistry:
-        return ModelRegistry(settings.image_endpoints, settings.video_endpoints)
+        return ModelRegistry(
+            settings.image_endpoints, settings.video_endpoints, settings.video_url_endpoints
+        )
 
     def arm(self, request: ArmRequest | None = None, **faults: Any) -> dict[str, JSON]:
         """Arm explicit faults (see `ArmRequest`); returns what is armed now."""

@@ -5,6 +5,8 @@ files each request produces, and the output JSON in fal's shapes (fal-api.md §6
   "timings", "seed", "has_nsfw_concepts", "prompt"}`. A prompt containing the word `nsfw` is
   "flagged": a black image and `has_nsfw_concepts: [true]`, like fal's safety checker.
 - Video (`fal-ai/fake-video`): `{"video": File, "seed"}`.
+- Video by URL (`fal-ai/fake-video-url`): `{"video_url": "https://…", "seed"}`, the shape of
+  models that return a bare URL string instead of a `File`.
 """
 
 from __future__ import annotations
@@ -209,13 +211,19 @@ class TextToImage:
 @dataclass(frozen=True, slots=True)
 class VideoShape:
     seed: int
+    bare_url: bool = False
 
     def payload(self, files: list[StoredFile], inference_time: float) -> JSON:
+        if self.bare_url:
+            return {"video_url": files[0].url, "seed": self.seed}
         return {"video": files[0].as_json(), "seed": self.seed}
 
 
 class FakeVideo:
-    """A text-to-video model whose output is `{"video": File}`."""
+    """A text-to-video model whose output is `{"video": File}`, or `{"video_url": url}`."""
+
+    def __init__(self, *, bare_url: bool = False) -> None:
+        self._bare_url = bare_url
 
     def plan(self, arguments: JSON, default_seed: int) -> Plan | Invalid:
         if not isinstance(arguments, dict):
@@ -228,7 +236,8 @@ class FakeVideo:
         height = fields.optional_integer("height", 360, _MIN_SIDE, _MAX_SIDE)
         if fields.errors:
             return Invalid(fields.errors)
-        return Plan((VideoSpec(prompt, seed, frames, width, height),), VideoShape(seed))
+        shape = VideoShape(seed, self._bare_url)
+        return Plan((VideoSpec(prompt, seed, frames, width, height),), shape)
 
 
 class ModelRegistry:
@@ -236,11 +245,18 @@ class ModelRegistry:
 
     _MAX_CACHED = 4096
 
-    def __init__(self, image_endpoints: Iterable[str], video_endpoints: Iterable[str]) -> None:
+    def __init__(
+        self,
+        image_endpoints: Iterable[str],
+        video_endpoints: Iterable[str],
+        video_url_endpoints: Iterable[str] = (),
+    ) -> None:
         image: FakeModel = TextToImage()
         video: FakeModel = FakeVideo()
+        video_url: FakeModel = FakeVideo(bare_url=True)
         self._rules = [(pattern, image) for pattern in image_endpoints]
         self._rules += [(pattern, video) for pattern in video_endpoints]
+        self._rules += [(pattern, video_url) for pattern in video_url_endpoints]
         self._cache: dict[str, FakeModel | None] = {}
 
     def resolve(self, endpoint_id: str) -> FakeModel | None:

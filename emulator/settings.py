@@ -145,6 +145,8 @@ class EmulatorSettings(BaseSettings):
         ]
     )
     video_endpoints: StrList = Field(default_factory=lambda: ["fal-ai/fake-video"])
+    # Models that return their file as a bare URL string: `{"video_url": "https://…"}`.
+    video_url_endpoints: StrList = Field(default_factory=lambda: ["fal-ai/fake-video-url"])
 
     # Runners per endpoint: how many requests of one endpoint are IN_PROGRESS at once.
     concurrency: int = Field(default=64, ge=1)

@@ -60,6 +60,38 @@ async def test_duplicates_never_pay_twice_and_files_match_minio(
         assert key.replace("/", "%2F") in artifact["key"]
 
 
+async def test_a_bare_url_string_in_a_result_is_stored_like_a_file(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    settings = relay_settings(stack, emulator)
+    record = json.dumps(
+        {
+            "schema_version": 1,
+            "action": "submit",
+            "idempotency_key": "bare",
+            "endpoint": "fal-ai/fake-video-url",
+            "input": {"prompt": "a clip", "num_frames": 2, "width": 64, "height": 64},
+        }
+    ).encode()
+    async with running(settings):
+        await produce(stack.kafka_bootstrap, settings.topic_requests, [(b"bare", record)])
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: len(rs) == 1)
+    event = json.loads(reader.records[0].value)
+    assert event["status"] == "succeeded", event
+    (artifact,) = event["artifacts"]
+    # The expiring URL is gone from the event: it names the stored copy instead.
+    assert event["result"]["video_url"] == f"s3://{artifact['bucket']}/{artifact['key']}"
+    client = Minio(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=False,
+    )
+    stat = client.stat_object(artifact["bucket"], artifact["key"])
+    assert stat.size == artifact["size"] > 0
+
+
 async def test_malformed_records_are_dead_lettered_and_the_partition_flows(
     stack: StackInfo, emulator: EmulatorServer
 ) -> None:

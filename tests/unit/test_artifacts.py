@@ -80,6 +80,44 @@ def test_walk_of_output_without_files_is_empty(output: JSON) -> None:
     assert walk_files(output) == []
 
 
+BARE: JSON = {
+    "video_url": "https://v3.fal.media/files/x/clip.mp4",
+    "frames": ["https://v3b.fal.media/f/0.png", "https://fal.media/f/1.png"],
+    "source": "https://example.com/page.html",  # not a file host: text, not a file
+    "prompt": "see https://v3.fal.media/a.png please",  # prose that contains a URL
+    "image": {"url": "https://v3.fal.media/a.png", "content_type": "image/png"},
+}
+
+
+def test_walk_finds_bare_url_strings_on_file_hosts() -> None:
+    refs = walk_files(BARE)
+    assert [(ref.path, ref.url) for ref in refs] == [
+        (("video_url",), "https://v3.fal.media/files/x/clip.mp4"),
+        (("frames", 0), "https://v3b.fal.media/f/0.png"),
+        (("frames", 1), "https://fal.media/f/1.png"),
+        (("image",), "https://v3.fal.media/a.png"),
+    ]
+    assert refs[0].file_name == "clip.mp4"
+    # The emulator's (or any configured) host counts once it is one downloads may use.
+    assert [r.path for r in walk_files(BARE, ("example.com",))] == [("source",), ("image",)]
+
+
+def test_replace_turns_a_bare_url_into_its_reference() -> None:
+    stored = {
+        ("video_url",): "s3://b/k/0.mp4",
+        ("frames", 0): "s3://b/k/1.png",
+        ("frames", 1): "s3://b/k/2.png",
+        ("image",): "s3://b/k/3.png",
+    }
+    replaced = replace_files(BARE, stored)
+    assert isinstance(replaced, dict)
+    assert replaced["video_url"] == "s3://b/k/0.mp4"
+    assert replaced["frames"] == ["s3://b/k/1.png", "s3://b/k/2.png"]
+    assert replaced["image"] == {"object": "s3://b/k/3.png", "content_type": "image/png"}
+    assert replaced["source"] == BARE["source"]
+    assert walk_files(replaced) == []
+
+
 def test_replace_points_each_file_at_its_stored_copy_and_keeps_its_other_fields() -> None:
     stored = {
         ("images", 0): "s3://b/p/k/0.png",
