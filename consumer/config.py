@@ -7,6 +7,7 @@ real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or re
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
@@ -123,6 +124,12 @@ class Settings(BaseSettings):
     max_submit_attempts: int = Field(
         8, ge=1, description="POSTs per key that provably never arrived, then failed"
     )
+    step_max_failures: int = Field(
+        20, ge=1, description="failures in a row of a poll, fetch or store before the key fails"
+    )
+    step_deadline_seconds: float = Field(
+        900.0, gt=0, description="how long a poll, fetch or store may keep failing, then fails"
+    )
 
     # Timing
     poll_grace_seconds: float = Field(30.0, ge=0, description="wait for a webhook before polling")
@@ -214,4 +221,6 @@ class Settings(BaseSettings):
         return Policy(
             max_submit_attempts=self.max_submit_attempts,
             resubmit_unknown=self.resubmit_unknown,
+            max_step_failures=self.step_max_failures,
+            step_deadline=timedelta(seconds=self.step_deadline_seconds),
         )

@@ -20,6 +20,7 @@ exception. Whether an error may be retried is a property of its class (``retryab
     │   ├── DownloadFailed     transient: 5xx, transport error, truncated body
     │   └── UrlExpired         403/404/410: refetch the result for fresh URLs
     ├── StoreError             the object store failed; keys are deterministic, so retry
+    │   ├── StoreRefused       refused for good: permissions, quota, a bucket not ours
     │   └── ObjectMissing      the object does not exist
     ├── KeysUnavailable        no webhook verification keys could be loaded
     └── WebhookRejected        a webhook delivery is refused with a 4xx and a reason code
@@ -140,6 +141,13 @@ class StoreError(GenrelayError):
     """The object store failed. Object keys are deterministic, so a retry overwrites."""
 
     retryable = True
+
+
+class StoreRefused(StoreError):
+    """The object store refused in a way a retry cannot fix (AccessDenied, a quota, a bucket
+    name taken by another account)."""
+
+    retryable = False
 
 
 class ObjectMissing(StoreError):

@@ -26,7 +26,7 @@ from genrelay.consumer.logs import job_context
 from genrelay.consumer.partition_writer import Outgoing
 from genrelay.consumer.provider import Priority
 from genrelay.consumer.slots import Slots
-from genrelay.consumer.steps import Later, Observers, Steps, StillRunning
+from genrelay.consumer.steps import Observers, Steps, StillRunning
 from genrelay.consumer.telemetry import job_span, trace_id_of, traceparent_of
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
@@ -52,7 +52,7 @@ class _Actor:
     timer: asyncio.TimerHandle | None = None
     slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
     slot: tuple[str, str | None] | None = None  # (endpoint, tenant) while holding a slot
-    retries: int = 0  # consecutive transient failures of the current step
+    polls: int = 0  # status polls since the last news, for their growing interval
     closed: bool = False
 
 
@@ -66,6 +66,7 @@ class _Internal:
 _POLL_DUE = _Internal("poll")
 _FETCH_DUE = _Internal("fetch")
 _STORE_DUE = _Internal("store")
+_STEP_DUE: dict[lc.Step, _Internal] = {"poll": _POLL_DUE, "fetch": _FETCH_DUE, "store": _STORE_DUE}
 
 
 def _now() -> datetime:
@@ -232,6 +233,8 @@ class Jobs:
             elif source is not None:
                 event = self._traced(actor.key, event, source)
         decision = lc.decide(record, event, actor.key, _now(), self._policy)
+        if isinstance(event, lc.StepFailed) and decision.record is not None:
+            self._metrics.step_failed(event.step, exhausted=decision.record.terminal)
         decision = self._granted_at_once(actor, decision)
         if (built := _announcing(decision)) is not None:
             # The outcome, its event and the note that it was announced commit together.
@@ -305,8 +308,10 @@ class Jobs:
                 due = min(since, _now()) + timedelta(seconds=self._timing.unknown_grace)
                 self._schedule(actor, (due - _now()).total_seconds(), lc.UnknownUnresolved())
             case lc.Watch():
-                actor.retries = 0
+                actor.polls = 0
                 self._schedule(actor, self._timing.poll_grace, _POLL_DUE)
+            case lc.RetryStep(step=step, failures=failures):
+                self._schedule(actor, self.backoff(failures), _STEP_DUE[step])
             case lc.FetchResult():
                 await self._fetch(actor)
             case lc.StoreFiles():
@@ -383,7 +388,8 @@ class Jobs:
         outcome = await self._steps.poll(record, actor.partition)
         if outcome is None:
             await self._fetch(actor)
-        elif isinstance(outcome, StillRunning | Later):
+        elif isinstance(outcome, StillRunning):
+            await self._apply(actor, lc.StepOk())
             self._schedule(actor, self._next_poll(actor), _POLL_DUE)
         else:
             await self._apply(actor, outcome)
@@ -391,22 +397,12 @@ class Jobs:
     async def _fetch(self, actor: _Actor) -> None:
         record = self._ledger.get(actor.key)
         assert record is not None
-        outcome = await self._steps.fetch(record)
-        if isinstance(outcome, Later):
-            self._retry(actor, _FETCH_DUE)
-        else:
-            actor.retries = 0
-            await self._apply(actor, outcome)
+        await self._apply(actor, await self._steps.fetch(record))
 
     async def _store(self, actor: _Actor) -> None:
         record = self._ledger.get(actor.key)
         assert record is not None
-        outcome = await self._steps.store(record)
-        if isinstance(outcome, Later):
-            self._retry(actor, _STORE_DUE)
-        else:
-            actor.retries = 0
-            await self._apply(actor, outcome)
+        await self._apply(actor, await self._steps.store(record))
 
     # --- timers, slots, bookkeeping -------------------------------------------------------
 
@@ -429,14 +425,10 @@ class Jobs:
             actor.timer.cancel()
             actor.timer = None
 
-    def _retry(self, actor: _Actor, due: _Internal) -> None:
-        actor.retries += 1
-        self._schedule(actor, self.backoff(actor.retries), due)
-
     def _next_poll(self, actor: _Actor) -> float:
         # Adaptive: 1 s, then 1.6 times longer per poll up to the cap; jitter avoids herds.
-        actor.retries += 1
-        base = min(self._timing.poll_max_interval, 1.6 ** (actor.retries - 1))
+        actor.polls += 1
+        base = min(self._timing.poll_max_interval, 1.6 ** (actor.polls - 1))
         return base * random.uniform(0.8, 1.2)
 
     def backoff(self, attempt: int) -> float:

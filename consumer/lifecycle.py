@@ -13,6 +13,7 @@ a table of cases, and a property test can run any sequence of events through it.
     SUBMITTED --news ok--> RESULT_READY
     RESULT_READY --files stored--> STORED --published--> COMPLETED
     any open phase --news error--> FAILED | CANCELLED;  result gone --> EXPIRED
+    a step (poll, fetch, store) failing past its budget or deadline --> FAILED
 
 Transitions are monotonic: news for a later or finished phase is a no-op.
 """
@@ -41,6 +42,9 @@ class Policy:
     max_submit_attempts: int = 8
     max_result_refetches: int = 3
     resubmit_unknown: bool = False
+    # A step that keeps failing transiently ends the key once either is spent.
+    max_step_failures: int = 20
+    step_deadline: timedelta = timedelta(minutes=15)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -158,6 +162,22 @@ class UnknownUnresolved:
     """No webhook adopted an ambiguous submit within the grace period."""
 
 
+Step = Literal["poll", "fetch", "store"]
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """A step failed in a way a later attempt may not repeat (5xx, reset, slow down)."""
+
+    step: Step
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class StepOk:
+    """A poll answered: the job is still queued or running."""
+
+
 Event = (
     SubmitCommand
     | CancelCommand
@@ -177,6 +197,8 @@ Event = (
     | Published
     | UnknownUnresolved
     | TooLarge
+    | StepFailed
+    | StepOk
 )
 
 # --- effects ------------------------------------------------------------------------------
@@ -208,6 +230,14 @@ class AwaitAdoption:
 @dataclass(frozen=True)
 class Watch:
     """Wait for news: a webhook, else poll the status after the grace period."""
+
+
+@dataclass(frozen=True)
+class RetryStep:
+    """Try `step` again after a back-off for its `failures`-th consecutive failure."""
+
+    step: Step
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -246,6 +276,7 @@ Effect = (
     | PostLater
     | AwaitAdoption
     | Watch
+    | RetryStep
     | FetchResult
     | StoreFiles
     | Publish
@@ -416,7 +447,44 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _finish(record, Phase.FAILED, "failed", error, now)
         case UnknownUnresolved() if record.phase is Phase.UNKNOWN:
             return _unresolved(record, now, policy)
+        case StepFailed(step=step, error=error) if _step_applies(record, step):
+            return _step_failed(record, step, error, now, policy)
+        case StepOk() if record.step_failures:
+            return _change(record, now, step_failures=0, step_failing_since=None).then()
     return NOTHING
+
+
+# The phases in which each step runs.
+_STEP_PHASES: dict[Step, frozenset[Phase]] = {
+    "poll": frozenset({Phase.SUBMITTED}),
+    "fetch": frozenset({Phase.SUBMITTED, Phase.RESULT_READY}),
+    "store": frozenset({Phase.RESULT_READY}),
+}
+
+
+def _step_applies(record: LedgerRecord, step: Step) -> bool:
+    return record.phase in _STEP_PHASES[step]
+
+
+def _step_failed(
+    record: LedgerRecord, step: Step, error: ErrorDetail, now: datetime, policy: Policy
+) -> Decision:
+    failures = record.step_failures + 1
+    # A time from another replica's clock, ahead of this one, counts as now.
+    since = min(record.step_failing_since or now, now)
+    if failures >= policy.max_step_failures or now - since >= policy.step_deadline:
+        spent = ErrorDetail(
+            type=f"{step}_failed",
+            message=f"{step} failed {failures} times over {(now - since).total_seconds():.0f} s;"
+            f" last: {error.type}: {error.message}",
+            retryable=error.retryable,
+        )
+        if record.cancel_requested:
+            return _finish(record, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
+        return _finish(record, Phase.FAILED, "failed", spent, now)
+    return _change(record, now, step_failures=failures, step_failing_since=since).then(
+        RetryStep(step, failures)
+    )
 
 
 def _accepted(record: LedgerRecord, job: ProviderJob, now: datetime, *, adopted: bool) -> Decision:
@@ -512,7 +580,8 @@ def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
             return _finish(record, Phase.CANCELLED, "cancelled", error, now)
         return _finish(record, Phase.FAILED, "failed", error, now)
     if news.payload is None:
-        return _change(record, now, **extra).then(FetchResult())
+        fresh = {"step_failures": 0, "step_failing_since": None}  # polling is over
+        return _change(record, now, **extra, **fresh).then(FetchResult())
     return _change(record, now, phase=Phase.RESULT_READY, result=news.payload, **extra).then(
         StoreFiles()
     )
@@ -604,6 +673,9 @@ def _cancelled_error() -> ErrorDetail:
 
 
 def _change(record: LedgerRecord, now: datetime, **changes: Any) -> _Pending:
+    if changes.keys() & {"phase", "result", "job", "result_refetches"}:
+        # Progress: a new step begins with a fresh budget.
+        changes = {"step_failures": 0, "step_failing_since": None, **changes}
     return _Pending(record.model_copy(update={**changes, "updated_at": now}))
 
 

@@ -150,6 +150,11 @@ class RelayMetrics:
             "genrelay.states_too_large",
             description="keys ended result_too_large: their state exceeded the record limit",
         )
+        self._step_failures = meter.create_counter(
+            "genrelay.step_failures",
+            description="transient failures of a poll, fetch or store; outcome=exhausted ended"
+            " the key (its retry budget or deadline was spent)",
+        )
         self._fenced = meter.create_counter(
             "genrelay.fenced_partitions",
             description="partitions this replica lost because a newer owner fenced it",
@@ -258,6 +263,10 @@ class RelayMetrics:
     def too_large(self) -> None:
         """A key's state could not be stored whole: it ended `result_too_large`."""
         self._too_large.add(1)
+
+    def step_failed(self, step: str, *, exhausted: bool) -> None:
+        """A step failed transiently; `exhausted`: its budget is spent and the key ended."""
+        self._step_failures.add(1, {"step": step, "outcome": "exhausted" if exhausted else "retry"})
 
     def fenced(self) -> None:
         """A newer owner fenced one of this replica's partitions."""

@@ -25,12 +25,31 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError
+from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError, StoreRefused
 
 SHA256_METADATA = "sha256"
 
 _RETRY_STATUSES = (500, 502, 503, 504)
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+# Answers a retry cannot change: our credentials may not write here, the bucket belongs to
+# someone else, a quota is spent, the object is refused. (Throttling, 5xx, disk-full and a
+# bucket deleted under us stay transient.)
+_REFUSED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidBucketName",
+        "BucketAlreadyExists",
+        "EntityTooLarge",
+        "QuotaExceeded",
+        "XMinioAdminBucketQuotaExceeded",
+        "InvalidObjectName",
+        "KeyTooLongError",
+    }
+)
 _BUCKET_TAKEN_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _HASH_CHUNK = 1 << 20
 _T = TypeVar("_T")
@@ -225,6 +244,10 @@ class MinioStore:
             # Reading from a missing bucket finds no object; writing to one is an error.
             if reading and exc.code in _MISSING_CODES:
                 raise ObjectMissing(f"{exc.bucket_name}/{exc.object_name}: {exc.code}") from exc
+            if exc.code == "NoSuchBucket" and exc.bucket_name:
+                self._known_buckets.discard(exc.bucket_name)  # deleted under us: create again
+            if exc.code in _REFUSED_CODES:
+                raise StoreRefused(f"{exc.code}: {exc.message}") from exc
             raise StoreError(f"{exc.code}: {exc.message}") from exc
         except (MinioException, Urllib3Error, OSError) as exc:
             raise StoreError(repr(exc)) from exc

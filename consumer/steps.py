@@ -2,8 +2,8 @@
 
 Each step talks to one dependency (the provider, the object store, Kafka), runs inside a
 trace span that is a child of the job's stored trace context, records its metrics, and
-translates what happened into the next lifecycle event. `Later` means "a transient failure:
-try this step again after a backoff". No step decides anything: `lifecycle` does.
+translates what happened into the next lifecycle event: a transient failure is `StepFailed`,
+whose budget the lifecycle keeps. No step decides anything: `lifecycle` does.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from genrelay.consumer.errors import (
     NotSent,
     ProviderError,
     ResultExpired,
+    StoreRefused,
     UrlExpired,
 )
 from genrelay.consumer.metrics import RelayMetrics, Resolution
@@ -64,13 +65,6 @@ class FileStorer(Protocol):
     """Copies a result's output files into the object store."""
 
     async def store(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]: ...
-
-
-@dataclass(frozen=True)
-class Later:
-    """A transient failure: run the same step again after a backoff."""
-
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,9 +163,7 @@ class Steps:
                 return lc.Refused(ErrorDetail(type=str(kind), message=str(exc), retryable=False))
         return lc.Accepted(to_job(submission))
 
-    async def poll(
-        self, record: LedgerRecord, partition: int
-    ) -> lc.Event | StillRunning | Later | None:
+    async def poll(self, record: LedgerRecord, partition: int) -> lc.Event | StillRunning | None:
         """Ask where the job is; None means "it finished: fetch the result"."""
         assert record.job is not None
         with step_span(self._tracer, Step.POLL, record.traceparent):
@@ -180,8 +172,8 @@ class Steps:
             except NotFound as exc:
                 return lc.ResultGone(_failure(exc, "request_lost"))
             except ProviderError as exc:
-                log.info("status poll failed, will retry: %s", exc)
-                return Later()
+                log.info("status poll failed: %s", exc)
+                return lc.StepFailed("poll", _failure(exc, "status_unavailable"))
         if status.state is JobState.COMPLETED:
             self._metrics.resolved(Resolution.POLL)
             return None
@@ -195,7 +187,7 @@ class Steps:
             key, record.job, status.state, status.queue_position, partition
         )
 
-    async def fetch(self, record: LedgerRecord) -> lc.Event | Later:
+    async def fetch(self, record: LedgerRecord) -> lc.Event:
         """GET the result; a refetch (for fresh file URLs) gives `Refetched`."""
         assert record.job is not None
         with step_span(self._tracer, Step.FETCH, record.traceparent):
@@ -204,8 +196,8 @@ class Steps:
             except ResultExpired as exc:
                 return lc.ResultGone(_failure(exc, "result_expired"))
             except ProviderError as exc:
-                log.info("result fetch failed, will retry: %s", exc)
-                return Later()
+                log.info("result fetch failed: %s", exc)
+                return lc.StepFailed("fetch", _failure(exc, "result_unavailable"))
         if record.phase is Phase.RESULT_READY:
             if outcome.ok:
                 return lc.Refetched(outcome.payload)
@@ -221,7 +213,7 @@ class Steps:
             cost_units=outcome.billable_units,
         )
 
-    async def store(self, record: LedgerRecord) -> lc.Event | Later:
+    async def store(self, record: LedgerRecord) -> lc.Event:
         """Copy every output file into the object store."""
         try:
             artifacts, result = await self._files.store(record)
@@ -229,12 +221,14 @@ class Steps:
             return lc.FilesExpired(_failure(exc, "output_expired"))
         except DownloadRefused as exc:
             return lc.FilesRefused(_failure(exc, "download_refused"))
+        except StoreRefused as exc:  # permissions, quota, a bucket that is not ours
+            return lc.FilesRefused(_failure(exc, "store_refused"))
         except ValueError as exc:  # e.g. no valid object key: retrying cannot help
             error = ErrorDetail(type="output_unstorable", message=str(exc), retryable=False)
             return lc.FilesRefused(error)
         except (ArtifactError, GenrelayError) as exc:
-            log.warning("storing files failed, will retry: %s", exc)
-            return Later()
+            log.warning("storing files failed: %s", exc)
+            return lc.StepFailed("store", _failure(exc, "store_unavailable"))
         return lc.FilesStored(artifacts, result)
 
     async def publish(

@@ -74,6 +74,12 @@ class LedgerRecord(BaseModel):
     unknown_since: datetime | None = Field(
         default=None, description="when the submit became ambiguous (its grace counts from here)"
     )
+    step_failures: int = Field(
+        default=0, description="consecutive transient failures of the current step (poll, …)"
+    )
+    step_failing_since: datetime | None = Field(
+        default=None, description="when the current step first failed (its deadline counts)"
+    )
     event: CompletionEvent | None = None
     published: bool = False
     traceparent: str | None = None

@@ -170,7 +170,7 @@ def test_crash_during_a_retried_post_never_reposts() -> None:
 
 
 def test_success_is_announced_only_after_files_are_stored() -> None:
-    record = submitted()
+    record: LedgerRecord | None = submitted()
     record, decision = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
     assert not any(isinstance(e, lc.Publish) for e in decision.effects)
     record, decision = step(record, lc.FilesStored((ARTIFACT,), {"images": []}))
@@ -186,7 +186,7 @@ def test_success_is_announced_only_after_files_are_stored() -> None:
 
 
 def test_late_duplicate_gets_the_stored_event_replayed() -> None:
-    record = submitted()
+    record: LedgerRecord | None = submitted()
     record, _ = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
     record, first = step(record, lc.FilesStored((ARTIFACT,), {}))
     record, _ = step(record, lc.Published())
@@ -240,10 +240,21 @@ MOVES = st.lists(
             "cancel",
             "clock_back",
             "clock_ahead",
+            "poll_failed",
+            "fetch_failed",
+            "store_failed",
         ]
     ),
     max_size=40,
 )
+
+
+SMALL_BUDGET = lc.Policy(max_step_failures=3)
+FAILING_STEPS: dict[str, lc.Step] = {
+    "poll_failed": "poll",
+    "fetch_failed": "fetch",
+    "store_failed": "store",
+}
 
 
 @settings(max_examples=400, deadline=None)
@@ -260,7 +271,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
 
     def apply(event: lc.Event) -> None:
         nonlocal record, post_due, slot_due, posts_after_that
-        decision = lc.decide(record, event, KEY, clock)
+        decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
         record = decision.record or record
         for effect in decision.effects:
             if isinstance(effect, lc.AcquireSlot):
@@ -281,13 +292,13 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             post_due = False
             if move in ("post_ok", "post_ambiguous"):
                 paid += 1
-            outcome: lc.Event = {
+            outcomes: dict[str, lc.Event] = {
                 "post_ok": lc.Accepted(JOB),
                 "post_not_sent": lc.NotSent(ERROR, 1.0),
                 "post_ambiguous": lc.Ambiguous(ERROR),
                 "post_refused": lc.Refused(ERROR),
-            }[move]
-            apply(outcome)
+            }
+            apply(outcomes[move])
         elif move == "webhook" and paid:
             apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
         elif move == "webhook_error" and paid:
@@ -319,6 +330,8 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             if paid == 0 and not post_due and record is not None:
                 cancelled_before_any_post = True
             apply(lc.CancelCommand())
+        elif move in FAILING_STEPS:
+            apply(lc.StepFailed(FAILING_STEPS[move], ERROR))
         elif move == "clock_back":
             clock -= timedelta(seconds=400)
         elif move == "clock_ahead":
@@ -329,6 +342,70 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     assert len(announced) <= 1, announced
     if record is not None and record.terminal and record.event is not None:
         assert announced <= {(record.event.event_id, record.event.status)}
+
+
+def ready() -> LedgerRecord:
+    record, _ = step(submitted(), lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert record is not None
+    assert record.phase is Phase.RESULT_READY
+    return record
+
+
+SLOW = ErrorDetail(type="store_unavailable", message="SlowDown", retryable=True)
+
+
+def test_a_failing_store_retries_with_a_durable_budget_then_ends_the_key() -> None:
+    policy = lc.Policy(max_step_failures=3)
+    record: LedgerRecord | None = ready()
+    for failures in (1, 2):
+        decision = lc.decide(record, lc.StepFailed("store", SLOW), KEY, NOW, policy)
+        record = decision.record
+        assert record is not None
+        assert record.step_failures == failures
+        assert decision.effects == (lc.RetryStep("store", failures),)
+    decision = lc.decide(record, lc.StepFailed("store", SLOW), KEY, NOW, policy)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.error is not None
+    assert publish.event.error.type == "store_failed"
+    assert "SlowDown" in publish.event.error.message
+
+
+def test_a_step_deadline_counts_from_the_first_failure_across_restarts() -> None:
+    policy = lc.Policy(max_step_failures=100, step_deadline=timedelta(minutes=15))
+    first = lc.decide(ready(), lc.StepFailed("fetch", SLOW), KEY, NOW, policy).record
+    assert first is not None
+    assert first.step_failing_since == NOW
+    restored = lc.decide(first, lc.Restored(), KEY, NOW + timedelta(minutes=10), policy)
+    assert restored.record is None  # a restart does not reset the budget
+    later = NOW + timedelta(minutes=16)
+    ended = lc.decide(first, lc.StepFailed("fetch", SLOW), KEY, later, policy).record
+    assert ended is not None
+    assert ended.phase is Phase.FAILED
+    assert ended.last_error is not None
+    assert ended.last_error.type == "fetch_failed"
+
+
+def test_a_step_that_succeeds_starts_the_next_one_with_a_fresh_budget() -> None:
+    failing = lc.decide(submitted(), lc.StepFailed("poll", SLOW), KEY, NOW).record
+    assert failing is not None
+    assert failing.step_failures == 1
+    answered = lc.decide(failing, lc.StepOk(), KEY, NOW).record
+    assert answered is not None
+    assert answered.step_failures == 0
+    failing = lc.decide(failing, lc.StepFailed("poll", SLOW), KEY, NOW).record
+    news = lc.News(request_id="req-1", ok=True, payload=OUTPUT)
+    stored_next = lc.decide(failing, news, KEY, NOW).record
+    assert stored_next is not None
+    assert stored_next.step_failures == 0
+    assert stored_next.step_failing_since is None
+
+
+def test_a_failure_of_a_step_the_key_has_left_changes_nothing() -> None:
+    # A store failure reported after the key moved on (or for a phase it never reached).
+    assert lc.decide(submitted(), lc.StepFailed("store", SLOW), KEY, NOW) == lc.NOTHING
 
 
 def test_a_key_accepted_by_a_clock_ahead_of_ours_finishes_with_non_negative_timings() -> None:
@@ -346,7 +423,7 @@ def test_a_key_accepted_by_a_clock_ahead_of_ours_finishes_with_non_negative_timi
 
 
 def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
-    record = submitted()
+    record: LedgerRecord | None = submitted()
     record, _ = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
     expired = ErrorDetail(type="output_expired", message="403", retryable=False)
     for refetch in range(1, lc.Policy().max_result_refetches + 1):
