@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     http_port: int = Field(
         8080, ge=0, le=65535, description="webhooks, health, metrics and status page"
     )
+    fal_user_id: str | None = Field(
+        None,
+        description="your fal user id: webhooks signed for any other account are refused",
+    )
     public_webhook_url: str | None = Field(
         None, description="public base URL of the receiver; unset means polling only"
     )

@@ -173,6 +173,7 @@ class RejectReason(StrEnum):
     MALFORMED_BODY = "malformed_body"
     BAD_TOKEN = "bad_token"
     UNKNOWN_KEY = "unknown_key"
+    FOREIGN_ACCOUNT = "foreign_account"
 
 
 _REJECT_STATUS: dict[RejectReason, int] = {
@@ -184,6 +185,7 @@ _REJECT_STATUS: dict[RejectReason, int] = {
     RejectReason.MALFORMED_BODY: 400,
     RejectReason.BAD_TOKEN: 403,
     RejectReason.UNKNOWN_KEY: 404,
+    RejectReason.FOREIGN_ACCOUNT: 403,
 }
 
 

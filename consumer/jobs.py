@@ -312,6 +312,9 @@ class Jobs:
                 self._schedule(actor, self._timing.poll_grace, _POLL_DUE)
             case lc.RetryStep(step=step, failures=failures):
                 self._schedule(actor, self.backoff(failures), _STEP_DUE[step])
+            case lc.ConfirmAccount(news=news):
+                if await self._steps.ours(news):
+                    await self._apply(actor, replace(news, account_confirmed=True))
             case lc.FetchResult():
                 await self._fetch(actor)
             case lc.StoreFiles():

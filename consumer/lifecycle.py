@@ -112,6 +112,10 @@ class News:
     cost_units: float | None = None
     job: ProviderJob | None = None  # the provider's handle, when the news reveals the request
     via: Literal["webhook", "poll"] = "poll"
+    # A webhook's: the submit attempt its URL was made for, and whether the request is known
+    # to be our fal account's (signed for the configured user id, or confirmed by asking).
+    attempt: int | None = None
+    account_confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,14 @@ class RetryStep:
 
 
 @dataclass(frozen=True)
+class ConfirmAccount:
+    """Ask the provider, with our key, whether the request a webhook names is ours; if it is,
+    the news comes back with `account_confirmed`."""
+
+    news: News
+
+
+@dataclass(frozen=True)
 class FetchResult:
     pass
 
@@ -277,6 +289,7 @@ Effect = (
     | AwaitAdoption
     | Watch
     | RetryStep
+    | ConfirmAccount
     | FetchResult
     | StoreFiles
     | Publish
@@ -548,9 +561,13 @@ def _unknown(record: LedgerRecord, now: datetime, **changes: Any) -> Decision:
 
 def _news(record: LedgerRecord, news: News, now: datetime) -> Decision:
     if record.phase in (Phase.SUBMITTING, Phase.UNKNOWN):
-        if news.job is None:
-            return NOTHING
-        # The webhook URL carries our key, so its request_id is ours: adopt it, never re-post.
+        if news.job is None or news.attempt != record.attempts:
+            return NOTHING  # no handle, or a URL made for an earlier attempt
+        if not news.account_confirmed:
+            # Anyone who learnt the URL could have sent their own job to it: adopt the
+            # request only once it is known to be our account's.
+            return Decision(None, (ConfirmAccount(news),))
+        # Our URL, this attempt, our account: the request is this key's. Adopt, never re-post.
         record = record.model_copy(
             update={
                 "phase": Phase.SUBMITTED,

@@ -155,6 +155,10 @@ class RelayMetrics:
             description="transient failures of a poll, fetch or store; outcome=exhausted ended"
             " the key (its retry budget or deadline was spent)",
         )
+        self._foreign_webhooks = meter.create_counter(
+            "genrelay.foreign_webhooks",
+            description="webhooks naming a request our fal account does not know (not adopted)",
+        )
         self._fenced = meter.create_counter(
             "genrelay.fenced_partitions",
             description="partitions this replica lost because a newer owner fenced it",
@@ -267,6 +271,10 @@ class RelayMetrics:
     def step_failed(self, step: str, *, exhausted: bool) -> None:
         """A step failed transiently; `exhausted`: its budget is spent and the key ended."""
         self._step_failures.add(1, {"step": step, "outcome": "exhausted" if exhausted else "retry"})
+
+    def foreign_webhook(self) -> None:
+        """A webhook through our URL named another account's request; it was not adopted."""
+        self._foreign_webhooks.add(1)
 
     def fenced(self) -> None:
         """A newer owner fenced one of this replica's partitions."""

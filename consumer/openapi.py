@@ -21,6 +21,7 @@ from genrelay.consumer.metrics import METRICS_PATH
 from genrelay.consumer.status_page import STATUS_JSON_PATH, STATUS_PATH
 from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
 from genrelay.consumer.webhook_signature import (
+    ATTEMPT_PARAM,
     KEY_PARAM,
     REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
@@ -127,14 +128,24 @@ def _webhook_operation() -> dict[str, Any]:
         "operationId": "receiveFalWebhook",
         "summary": "A fal webhook delivery, verified and handed to the owner of its key.",
         "description": (
-            "The URL carries the idempotency key and an HMAC token of it; the headers carry "
+            "The URL carries the idempotency key, the submit attempt it was made for and an "
+            "HMAC token of both; the headers carry "
             "fal's Ed25519 signature over the request id, user id, timestamp and the SHA-256 "
             "of the raw body. Every refusal is a 4xx and changes nothing."
         ),
         "parameters": [
             _parameter("query", KEY_PARAM, key_schema, "The idempotency key the URL is for."),
             _parameter(
-                "query", TOKEN_PARAM, {"type": "string", "pattern": _TOKEN_PATTERN}, "HMAC of key."
+                "query",
+                ATTEMPT_PARAM,
+                {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                "The submit attempt the URL is for.",
+            ),
+            _parameter(
+                "query",
+                TOKEN_PARAM,
+                {"type": "string", "pattern": _TOKEN_PATTERN},
+                "HMAC of key and attempt.",
             ),
             _parameter("header", REQUEST_ID_HEADER, _non_empty(), "fal's request id."),
             _parameter("header", USER_ID_HEADER, _non_empty(), "fal's user id."),

@@ -183,6 +183,7 @@ class Relay:
                 jwks=JwksCache(self._http, url=settings.fal_jwks_url),
                 handoff=self._hand_over,
                 max_body_bytes=settings.max_webhook_bytes,
+                fal_user_id=settings.fal_user_id,
             )
             if self._tokens
             else None
@@ -265,11 +266,11 @@ class Relay:
             max_bytes=s.max_download_bytes,
         )
 
-    def _webhook_url(self, key: str) -> str | None:
+    def _webhook_url(self, key: str, attempt: int) -> str | None:
         base = self.settings.public_webhook_url
         if base is None or self._tokens is None:
             return None  # polling only
-        return self._tokens.build_webhook_url(f"{base}{WEBHOOK_PATH}", key)
+        return self._tokens.build_webhook_url(f"{base}{WEBHOOK_PATH}", key, attempt)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -517,6 +518,8 @@ class Relay:
             gateway_request_id=delivery.gateway_request_id,
             job=job,
             via="webhook",
+            attempt=delivery.attempt,
+            account_confirmed=delivery.account_pinned,
         )
         if record is not None and record.phase in lc.OPEN_PHASES:
             self.metrics.resolved(Resolution.WEBHOOK)

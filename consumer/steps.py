@@ -122,7 +122,7 @@ class Steps:
         provider: Provider,
         files: FileStorer,
         publisher: Publisher,
-        webhook_url: Callable[[str], str | None],
+        webhook_url: Callable[[str, int], str | None],
         observers: Observers,
         backoff: Callable[[int], float],
     ) -> None:
@@ -144,7 +144,7 @@ class Steps:
                 submission = await self._provider.submit(
                     record.endpoint,
                     record.request.get("input") or {},
-                    webhook_url=self._webhook_url(record.idempotency_key),
+                    webhook_url=self._webhook_url(record.idempotency_key, record.attempts),
                     priority=_priority(record),
                 )
                 failpoints.reached("after_post")
@@ -187,6 +187,22 @@ class Steps:
             key, record.job, status.state, status.queue_position, partition
         )
 
+    async def ours(self, news: lc.News) -> bool:
+        """Whether our fal account knows the request a webhook named (asked with our key)."""
+        assert news.job is not None
+        try:
+            await self._provider.status(to_submission(news.job))
+        except NotFound:
+            self._metrics.foreign_webhook()
+            log.warning(
+                "a webhook named request %s, which our account does not know", news.request_id
+            )
+            return False
+        except ProviderError as exc:
+            log.warning("could not confirm the account of request %s: %s", news.request_id, exc)
+            return False
+        return True
+
     async def fetch(self, record: LedgerRecord) -> lc.Event:
         """GET the result; a refetch (for fresh file URLs) gives `Refetched`."""
         assert record.job is not None
@@ -222,6 +238,7 @@ class Steps:
         except DownloadRefused as exc:
             return lc.FilesRefused(_failure(exc, "download_refused"))
         except StoreRefused as exc:  # permissions, quota, a bucket that is not ours
+            log.warning("storing files failed for good: %s", exc)
             return lc.FilesRefused(_failure(exc, "store_refused"))
         except ValueError as exc:  # e.g. no valid object key: retrying cannot help
             error = ErrorDetail(type="output_unstorable", message=str(exc), retryable=False)

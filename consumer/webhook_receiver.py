@@ -21,8 +21,10 @@ from starlette.routing import Route
 from genrelay.consumer.errors import KeysUnavailable, RejectReason, WebhookRejected
 from genrelay.consumer.fal import parse_webhook
 from genrelay.consumer.webhook_signature import (
+    ATTEMPT_PARAM,
     KEY_PARAM,
     TOKEN_PARAM,
+    USER_ID_HEADER,
     JwksCache,
     WebhookToken,
     verify_delivery,
@@ -46,9 +48,11 @@ class WebhookReceiver:
         jwks: JwksCache,
         handoff: Handoff,
         max_body_bytes: int,
+        fal_user_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._tokens = tokens
+        self._fal_user_id = fal_user_id
         self._jwks = jwks
         self._handoff = handoff
         self._max_body_bytes = max_body_bytes
@@ -75,12 +79,17 @@ class WebhookReceiver:
 
     async def _verified(self, request: Request) -> WebhookDelivery:
         key = request.query_params.get(KEY_PARAM)
+        attempt = request.query_params.get(ATTEMPT_PARAM)
         token = request.query_params.get(TOKEN_PARAM)
-        if not key or not token:
-            raise WebhookRejected(RejectReason.UNKNOWN_KEY, "the URL names no key")
-        self._tokens.check_token(key, token)
+        if not key or not token or attempt is None:
+            raise WebhookRejected(RejectReason.UNKNOWN_KEY, "the URL names no key and attempt")
+        number = self._tokens.check_token(key, attempt, token)
         body = await self._body(request)
         await verify_delivery(request.headers, body, jwks=self._jwks, now=self._clock())
+        user_id = request.headers.get(USER_ID_HEADER)  # signed: it is who fal says sent it
+        if self._fal_user_id is not None and user_id != self._fal_user_id:
+            # Another fal account's job called our URL (it learnt the URL somewhere).
+            raise WebhookRejected(RejectReason.FOREIGN_ACCOUNT, f"signed for {user_id!r}")
         try:
             news = parse_webhook(body)
         except ValueError as exc:
@@ -90,6 +99,9 @@ class WebhookReceiver:
             raise WebhookRejected(RejectReason.MALFORMED_BODY, "body and header ids differ")
         return WebhookDelivery(
             idempotency_key=key,
+            attempt=number,
+            user_id=user_id,
+            account_pinned=self._fal_user_id is not None,
             request_id=news.request_id,
             gateway_request_id=news.gateway_request_id,
             ok=news.ok,

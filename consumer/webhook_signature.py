@@ -41,6 +41,7 @@ TIMESTAMP_HEADER = "x-fal-webhook-timestamp"
 SIGNATURE_HEADER = "x-fal-webhook-signature"
 
 KEY_PARAM = "key"
+ATTEMPT_PARAM = "attempt"
 TOKEN_PARAM = "token"
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -239,28 +240,41 @@ def _b64url_decode(text: str) -> bytes:
 
 
 class WebhookToken:
-    """HMAC tokens binding a webhook URL to one idempotency key."""
+    """HMAC tokens binding a webhook URL to one submit attempt of one idempotency key.
+
+    A URL that leaks (a proxy's log) is good only for the attempt it was made for: the relay
+    adopts news through it only while that attempt is the key's latest.
+    """
 
     # Domain separation: the same secret can never produce a token valid elsewhere.
-    _CONTEXT = b"genrelay webhook v1\x00"
+    _CONTEXT = b"genrelay webhook v2\x00"
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 32:
             raise ValueError("the webhook secret must be at least 32 bytes")
         self._secret = secret
 
-    def token(self, key: str) -> str:
-        """The token for ``key``: base64url HMAC-SHA256, unpadded."""
-        mac = hmac.new(self._secret, self._CONTEXT + key.encode(), hashlib.sha256).digest()
+    def token(self, key: str, attempt: int) -> str:
+        """The token for ``key``'s ``attempt``: base64url HMAC-SHA256, unpadded."""
+        message = self._CONTEXT + key.encode() + b"\x00" + str(attempt).encode()
+        mac = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
-    def build_webhook_url(self, base_url: str, key: str) -> str:
-        """``base_url`` with the key and its token added to the query."""
+    def build_webhook_url(self, base_url: str, key: str, attempt: int) -> str:
+        """``base_url`` with the key, the attempt and their token added to the query."""
         scheme, netloc, path, query, fragment = urlsplit(base_url)
-        ours = urlencode({KEY_PARAM: key, TOKEN_PARAM: self.token(key)}, quote_via=quote)
+        ours = urlencode(
+            {KEY_PARAM: key, ATTEMPT_PARAM: attempt, TOKEN_PARAM: self.token(key, attempt)},
+            quote_via=quote,
+        )
         return urlunsplit((scheme, netloc, path, f"{query}&{ours}" if query else ours, fragment))
 
-    def check_token(self, key: str, token: str) -> None:
-        """Raise ``WebhookRejected(BAD_TOKEN)`` unless ``token`` belongs to ``key``."""
-        if not hmac.compare_digest(self.token(key).encode(), token.encode()):
+    def check_token(self, key: str, attempt: str, token: str) -> int:
+        """The attempt number; ``WebhookRejected(BAD_TOKEN)`` unless ``token`` belongs to
+        ``key`` and ``attempt``."""
+        if not (attempt.isascii() and attempt.isdigit()) or len(attempt) > 9:
+            raise WebhookRejected(RejectReason.BAD_TOKEN, "the URL's attempt is not a number")
+        number = int(attempt)
+        if not hmac.compare_digest(self.token(key, number).encode(), token.encode()):
             raise WebhookRejected(RejectReason.BAD_TOKEN, "token does not match the key")
+        return number

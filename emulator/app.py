@@ -91,7 +91,7 @@ class SubmitParams(BaseModel):
             raw["lifecycle"] = json.loads(lifecycle)
         return cls.model_validate(raw)
 
-    def options(self) -> SubmitOptions:
+    def options(self, owner: str | None = None) -> SubmitOptions:
         lifetime: float | None = None
         use_default = True
         if self.lifecycle is not None and "expiration_duration_seconds" in self.lifecycle:
@@ -106,6 +106,7 @@ class SubmitParams(BaseModel):
             start_timeout_s=self.request_timeout,
             file_lifetime_s=lifetime,
             use_default_lifetime=use_default,
+            owner=owner,
         )
 
 
@@ -145,7 +146,7 @@ class QueueApi:
     # -- helpers ------------------------------------------------------------------------------
 
     def _unauthorized(self, request: Request) -> Response | None:
-        if self.emulator.authorized(request.headers.get("authorization")):
+        if self._account(request) is not None:
             return None
         self.emulator.accounting.count("unauthorized")
         detail = "Authentication is required: send 'Authorization: Key <your key>'"
@@ -155,7 +156,11 @@ class QueueApi:
         app_path = parse_app_path(request.path_params["app_path"])
         if app_path is None:
             return None
-        return self.emulator.find(app_path, request.path_params["request_id"])
+        owner = self._account(request) or ""
+        return self.emulator.find(app_path, request.path_params["request_id"], owner)
+
+    def _account(self, request: Request) -> str | None:
+        return self.emulator.account(request.headers.get("authorization"))
 
     @staticmethod
     def _with_logs(request: Request) -> bool | None:
@@ -176,7 +181,7 @@ class QueueApi:
             name = request.path_params["endpoint"]
             return json_response({"detail": f"Application '{name}' not found"}, 404)
         try:
-            options = SubmitParams.from_request(request).options()
+            options = SubmitParams.from_request(request).options(self._account(request))
             raw = await request.body()
             arguments = json.loads(raw) if raw.strip() else {}
         except (ValidationError, ValueError) as exc:

@@ -56,6 +56,7 @@ class SubmitOptions:
     # From `X-Fal-Object-Lifecycle-Preference`; `use_default_lifetime` means "not given".
     file_lifetime_s: float | None = None
     use_default_lifetime: bool = True
+    owner: str | None = None  # the submitting account's user id; None: the main account
 
 
 class Emulator:
@@ -223,12 +224,17 @@ class Emulator:
 
     # -- the queue API ---------------------------------------------------------------------------
 
-    def authorized(self, authorization: str | None) -> bool:
-        """`Authorization: Key <key>` with one of the accepted keys."""
+    def account(self, authorization: str | None) -> str | None:
+        """The user id `Authorization: Key <key>` names, or None when it names no account."""
         if authorization is None:
-            return False
+            return None
         scheme, _, key = authorization.partition(" ")
-        return scheme.lower() == "key" and key.strip() in self._settings.api_keys
+        if scheme.lower() != "key":
+            return None
+        key = key.strip()
+        if key in self._settings.api_keys:
+            return self._settings.user_id
+        return self._settings.accounts.get(key)
 
     def model(self, endpoint: EndpointId) -> FakeModel | None:
         return self.registry.resolve(str(endpoint))
@@ -286,6 +292,7 @@ class Emulator:
             no_retry=options.no_retry,
             start_deadline=deadline,
             file_lifetime_s=lifetime,
+            owner=options.owner or self._settings.user_id,
         )
         job.log("Request queued")
         return job
@@ -296,10 +303,10 @@ class Emulator:
     def submit_response(self, job: Job) -> dict[str, JSON]:
         return submit_body(self._base_url, job, self.scheduler.position(job))
 
-    def find(self, app_path: str, request_id: str) -> Job | None:
-        """A live request, if it exists under this `[namespace/]owner/app`."""
+    def find(self, app_path: str, request_id: str, owner: str) -> Job | None:
+        """A live request of `owner`'s, if it exists under this `[namespace/]owner/app`."""
         job = self.store.get(request_id)
-        if job is None or job.endpoint.app_path != app_path:
+        if job is None or job.endpoint.app_path != app_path or job.owner != owner:
             return None
         return job
 

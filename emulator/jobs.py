@@ -64,6 +64,7 @@ class Job:
     priority: Priority
     received_at: float
     no_retry: bool = False
+    owner: str = ""
     start_deadline: float | None = None
     file_lifetime_s: float | None = None
     phase: Phase = Phase.QUEUED

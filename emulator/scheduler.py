@@ -271,7 +271,7 @@ class Scheduler:
             body = webhook_body(
                 job.request_id, job.gateway_request_id, outcome, payload_error=plan.payload_error
             )
-            deps.webhooks.send(job.webhook_url, job.request_id, body, plan)
+            deps.webhooks.send(job.webhook_url, job.request_id, body, plan, job.owner)
 
     def _count_completion(self, outcome: Outcome) -> None:
         counts = self._deps.accounting

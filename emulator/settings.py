@@ -131,6 +131,10 @@ class EmulatorSettings(BaseSettings):
     api_keys: StrList = Field(default_factory=lambda: ["emulator-key"], min_length=1)
     # Sent as `X-Fal-Webhook-User-Id` and signed into every webhook.
     user_id: str = "emulator-user"
+    # More fal accounts, API key -> user id. As on fal, each account sees only its own
+    # requests (another account's request id is "not found") and its webhooks are signed
+    # with its own user id.
+    accounts: dict[str, str] = Field(default_factory=dict)
     # Seeds every random choice (latencies, failures, webhook faults, 429 storms, seeds).
     seed: int = 0
 

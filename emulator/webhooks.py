@@ -86,7 +86,7 @@ class WebhookSender:
     def reconfigure(self, settings: EmulatorSettings) -> None:
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
 
-    def send(self, url: str, request_id: str, body: bytes, plan: WebhookPlan) -> None:
+    def send(self, url: str, request_id: str, body: bytes, plan: WebhookPlan, user_id: str) -> None:
         """Start delivering `body` to `url` according to `plan`."""
         counts = self._accounting
         counts.count("webhooks_sent")
@@ -97,34 +97,38 @@ class WebhookSender:
             counts.count("webhooks_payload_error")
         if plan.delay_ms > 0:
             counts.count("webhooks_delayed")
-        coro = self._deliver(url, request_id, body, plan)
+        coro = self._deliver(url, (request_id, user_id), body, plan)
         self._supervisor.spawn(coro, name=f"webhook:{request_id}")
 
-    async def _deliver(self, url: str, request_id: str, body: bytes, plan: WebhookPlan) -> None:
+    async def _deliver(
+        self, url: str, signer: tuple[str, str], body: bytes, plan: WebhookPlan
+    ) -> None:
         if plan.delay_ms > 0:
             await asyncio.sleep(plan.delay_ms / 1000)
-        await self._post_until_accepted(url, request_id, body)
+        await self._post_until_accepted(url, signer, body)
         if plan.duplicate:
             self._accounting.count("webhooks_duplicated")
-            await self._post_until_accepted(url, request_id, body)
+            await self._post_until_accepted(url, signer, body)
 
-    async def _post_until_accepted(self, url: str, request_id: str, body: bytes) -> None:
+    async def _post_until_accepted(self, url: str, signer: tuple[str, str], body: bytes) -> None:
+        """POST until a 2xx; `signer` is the (request id, user id) the signature covers."""
+        request_id, user_id = signer
         settings = self._settings()
         for attempt in range(settings.webhook_retries + 1):
             if attempt:
                 await asyncio.sleep(_backoff_s(settings, attempt))
-            if await self._post(url, request_id, body, settings):
+            if await self._post(url, request_id, user_id, body, settings):
                 self._accounting.count("webhooks_delivered")
                 return
         self._accounting.count("webhooks_failed")
         log.info("webhook for %s not delivered to %s", request_id, url)
 
     async def _post(
-        self, url: str, request_id: str, body: bytes, settings: EmulatorSettings
+        self, url: str, request_id: str, user_id: str, body: bytes, settings: EmulatorSettings
     ) -> bool:
         if self._client is None:
             raise RuntimeError("webhook sender is not open")
-        signature = self._keyring.sign(request_id, settings.user_id, body)
+        signature = self._keyring.sign(request_id, user_id, body)
         headers = {"Content-Type": "application/json", **signature.headers()}
         self._accounting.count("webhook_attempts")
         try:

@@ -21,6 +21,11 @@ class WebhookDelivery(Record):
 
     schema_version: Literal[1] = 1
     idempotency_key: IdempotencyKey
+    # The submit attempt whose webhook URL fal called (bound to it by the URL's token).
+    attempt: int | None = None
+    # The fal account that signed it; `account_pinned`: it is the configured account.
+    user_id: str | None = None
+    account_pinned: bool = False
     request_id: NonEmptyStr
     gateway_request_id: str | None = None
     ok: bool

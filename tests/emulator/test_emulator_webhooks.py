@@ -305,3 +305,27 @@ async def test_webhook_concurrency_bounds_deliveries_in_flight(
         await eventually(lambda: fal.stats()["webhooks_delivered"] == 3)
 
     assert peaks == [1, 1, 1]
+
+
+async def test_each_account_sees_only_its_requests_and_signs_webhooks_as_itself(
+    fal: EmulatorServer, client: httpx.AsyncClient, receiver: WebhookReceiver
+) -> None:
+    fal.configure(accounts={"second-key": "second-user"})
+    other = {"Authorization": "Key second-key"}
+    url = receiver.url("/hooks/fal", "key=k&attempt=1&token=abc")
+    answer = await client.post(
+        "/fal-ai/flux/schnell",
+        params={"fal_webhook": url},
+        json={"prompt": "x", "image_size": {"width": 64, "height": 64}},
+        headers=other,
+    )
+    handle = answer.json()
+
+    [delivery] = await receiver.wait_for(1)
+    keys = await jwks_keys(client, fal.jwks_url)
+    assert delivery.headers["x-fal-webhook-user-id"] == "second-user"
+    assert delivery.verifies_with(keys)
+    # The main account does not know the second account's request; its owner does.
+    assert (await client.get(handle["status_url"])).status_code == 404
+    assert (await client.get(handle["response_url"])).status_code == 404
+    assert (await client.get(handle["status_url"], headers=other)).status_code == 200

@@ -32,10 +32,10 @@ class Receiver:
     relay: RunningRelay
     http: httpx.AsyncClient
 
-    def url(self, key: str, token_for: str | None = None) -> str:
+    def url(self, key: str, token_for: str | None = None, attempt: int = 1) -> str:
         tokens = WebhookToken(self.settings.webhook_secret.get_secret_value().encode())
         base = f"http://127.0.0.1:{self.settings.http_port}/webhooks/fal"
-        url = tokens.build_webhook_url(base, token_for or key)
+        url = tokens.build_webhook_url(base, token_for or key, attempt)
         return url.replace(f"key={_quote(token_for or key)}", f"key={_quote(key)}")
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -123,7 +123,11 @@ CASES: dict[str, tuple[Callable[[Receiver], tuple[str, bytes, dict[str, str]]], 
         400,
     ),
     "unknown_request_url": (
-        lambda r: (r.url(KEY).split("?")[0] + "?key=never-issued&token=abc", BODY, signed(BODY)),
+        lambda r: (
+            r.url(KEY).split("?")[0] + "?key=never-issued&attempt=1&token=abc",
+            BODY,
+            signed(BODY),
+        ),
         403,
     ),
     "no_key_in_url": (

@@ -40,8 +40,9 @@ class Service:
     def webhook_url(self, key: str, *, token_for: str | None = None) -> str:
         """`key`'s webhook URL, carrying the token of `token_for` (default: `key`'s own)."""
         tokens = WebhookToken(self.settings.webhook_secret.get_secret_value().encode())
-        token = tokens.token(token_for or key)
-        return str(httpx.URL(WEBHOOK_PATH, params={"key": key, "token": token}))
+        token = tokens.token(token_for or key, 1)
+        params = {"key": key, "attempt": "1", "token": token}
+        return str(httpx.URL(WEBHOOK_PATH, params=params))
 
     async def written(self) -> Offsets:
         """End offsets of the webhooks and ledger topics, once no job is running."""

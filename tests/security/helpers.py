@@ -18,7 +18,13 @@ from starlette.types import Message
 from genrelay.bench.workload import read_topic
 from genrelay.consumer.relay import Relay
 from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
-from genrelay.consumer.webhook_signature import KEY_PARAM, TOKEN_PARAM, JwksCache, WebhookToken
+from genrelay.consumer.webhook_signature import (
+    ATTEMPT_PARAM,
+    KEY_PARAM,
+    TOKEN_PARAM,
+    JwksCache,
+    WebhookToken,
+)
 from genrelay.emulator.signing import Keyring
 from genrelay.schemas.webhooks import WebhookDelivery
 from tests.waiting import eventually
@@ -60,10 +66,12 @@ class InProcessReceiver:
     tokens: WebhookToken
     handoffs: Handoffs = field(default_factory=Handoffs)
 
-    def query(self, key: str, *, token_for: str | None = None) -> bytes:
-        """The query string of `key`'s webhook URL, with the token of `token_for` (or `key`)."""
-        token = self.tokens.token(token_for or key)
-        return urlencode({KEY_PARAM: key, TOKEN_PARAM: token}, quote_via=quote).encode()
+    def query(self, key: str, *, token_for: str | None = None, attempt: int = 1) -> bytes:
+        """The query string of `key`'s webhook URL for `attempt`, with the token of
+        `token_for` (or `key`)."""
+        token = self.tokens.token(token_for or key, attempt)
+        fields = {KEY_PARAM: key, ATTEMPT_PARAM: attempt, TOKEN_PARAM: token}
+        return urlencode(fields, quote_via=quote).encode()
 
 
 @contextlib.asynccontextmanager

@@ -78,11 +78,15 @@ other_headers = st.lists(st.tuples(header_names, header_values), max_size=4)
 content_lengths = st.none() | st.from_regex(rb"\A[0-9]{1,25}\Z")
 
 request_ids = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)
-query_values = st.sampled_from([*KEYS, *(TOKENS.token(k) for k in KEYS), ""]) | st.text(max_size=20)
-query_names = st.sampled_from(["key", "token", "KEY", "key[]", "x"]) | st.text(max_size=6)
-# A third of the queries are a genuine key and token, so fuzzing reaches the later checks.
+query_values = st.sampled_from([*KEYS, *(TOKENS.token(k, 1) for k in KEYS), "1", ""]) | st.text(
+    max_size=20
+)
+query_names = st.sampled_from(["key", "attempt", "token", "KEY", "key[]", "x"]) | st.text(
+    max_size=6
+)
+# A third of the queries are a genuine key, attempt and token, so fuzzing reaches later checks.
 queries = (
-    st.sampled_from([f"key={quote(k)}&token={TOKENS.token(k)}".encode() for k in KEYS])
+    st.sampled_from([f"key={quote(k)}&attempt=1&token={TOKENS.token(k, 1)}".encode() for k in KEYS])
     | st.lists(st.tuples(query_names, query_values), max_size=5).map(
         lambda pairs: "&".join(f"{quote(n)}={quote(v)}" for n, v in pairs).encode()
     )
@@ -168,8 +172,8 @@ async def test_signed_requests_are_handed_off_whole_or_refused_with_a_400(
 @given(
     pairs=st.lists(
         st.tuples(
-            st.sampled_from(["key", "token"]),
-            st.sampled_from([*KEYS, *(TOKENS.token(k) for k in KEYS)]),
+            st.sampled_from(["key", "attempt", "token"]),
+            st.sampled_from([*KEYS, *(TOKENS.token(k, 1) for k in KEYS), "1", "2"]),
         ),
         max_size=6,
     )
@@ -184,9 +188,14 @@ async def test_a_delivery_is_only_ever_handed_off_under_the_key_its_token_was_mi
         answer = await post(receiver, query, headers, body, None, 512)
     # The receiver reads the last value of each parameter.
     last = dict(pairs)
-    genuine = last.get("key") in KEYS and last.get("token") == TOKENS.token(last.get("key", ""))
+    genuine = (
+        last.get("key") in KEYS
+        and last.get("attempt") == "1"
+        and last.get("token") == TOKENS.token(last.get("key", ""), 1)
+    )
     event("genuine" if genuine else "forged")
-    assert answer.status == (200 if genuine else 403 if "key" in last and "token" in last else 404)
+    complete = {"key", "attempt", "token"} <= last.keys() and all(last.values())
+    assert answer.status == (200 if genuine else 403 if complete else 404)
     assert [d.idempotency_key for d in receiver.handoffs] == ([last["key"]] if genuine else [])
 
 

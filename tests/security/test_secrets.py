@@ -189,7 +189,8 @@ async def provoke(service: Service, fal: FalEmulator, result: Captured, plain: i
     )
     topics = settings.topics
     tokens = WebhookToken(WEBHOOK_SECRET.encode())
-    result.tokens = {key: tokens.token(key) for key in (REFUSED_KEY, UNSTORED_KEY)}
+    # The relay's first attempt of a key is attempt 1: its URL carries this token.
+    result.tokens = {key: tokens.token(key, 1) for key in (REFUSED_KEY, UNSTORED_KEY)}
     result.add("repr(Settings)", repr(settings))
     result.add("str(Settings)", str(settings))
     result.add("Settings.model_dump_json", settings.model_dump_json())
@@ -230,7 +231,8 @@ def bad_record() -> tuple[bytes, bytes]:
 async def bad_webhooks(http: aiohttp.ClientSession, settings: Settings, result: Captured) -> None:
     """A wrong token, a bad signature and a malformed signed body, on the key whose upload is
     failing. Sent with aiohttp, which logs no URLs: only the relay's own logs are captured."""
-    base = f"http://127.0.0.1:{settings.http_port}{WEBHOOK_PATH}?key={quote(UNSTORED_KEY, '')}"
+    receiver = f"http://127.0.0.1:{settings.http_port}{WEBHOOK_PATH}"
+    base = f"{receiver}?key={quote(UNSTORED_KEY, '')}&attempt=1"
     token = result.tokens[UNSTORED_KEY]
     body = fal_body()
     genuine = Keyring(SEED).sign("req-1", USER_ID, b"not json").headers()

@@ -42,42 +42,71 @@ OTHER_DEPLOYMENT = WebhookToken(b"another-deployment-secret-0123456789abcdef")
 Query = Callable[[WebhookToken], str]
 
 
+ATTEMPT = ("attempt", "1")
+
+
 def query(*pairs: tuple[str, str]) -> str:
     return "&".join(f"{name}={quote(value, safe='')}" for name, value in pairs)
 
 
 FORGED: dict[str, tuple[Query, int]] = {
-    "another-keys-token": (lambda t: query(("key", BETA), ("token", t.token(ALPHA))), 403),
+    "another-keys-token": (
+        lambda t: query(("key", BETA), ATTEMPT, ("token", t.token(ALPHA, 1))),
+        403,
+    ),
     "another-secrets-token": (
-        lambda t: query(("key", ALPHA), ("token", OTHER_DEPLOYMENT.token(ALPHA))),
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", OTHER_DEPLOYMENT.token(ALPHA, 1))),
         403,
     ),
-    "truncated-token": (lambda t: query(("key", ALPHA), ("token", t.token(ALPHA)[:-1])), 403),
-    "extended-token": (lambda t: query(("key", ALPHA), ("token", t.token(ALPHA) + "A")), 403),
+    "truncated-token": (
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", t.token(ALPHA, 1)[:-1])),
+        403,
+    ),
+    "extended-token": (
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", t.token(ALPHA, 1) + "A")),
+        403,
+    ),
     "re-cased-token": (
-        lambda t: query(("key", ALPHA), ("token", t.token(ALPHA).swapcase())),
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", t.token(ALPHA, 1).swapcase())),
         403,
     ),
-    "padded-token": (lambda t: query(("key", ALPHA), ("token", t.token(ALPHA) + "=")), 403),
-    "re-cased-key": (lambda t: query(("key", ALPHA.upper()), ("token", t.token(ALPHA))), 403),
+    "padded-token": (
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", t.token(ALPHA, 1) + "=")),
+        403,
+    ),
+    "re-cased-key": (
+        lambda t: query(("key", ALPHA.upper()), ATTEMPT, ("token", t.token(ALPHA, 1))),
+        403,
+    ),
     "key-with-a-trailing-space": (
-        lambda t: query(("key", ALPHA + " "), ("token", t.token(ALPHA))),
+        lambda t: query(("key", ALPHA + " "), ATTEMPT, ("token", t.token(ALPHA, 1))),
         403,
     ),
     "key-smuggled-after-the-token": (
-        lambda t: query(("key", ALPHA), ("token", t.token(ALPHA)), ("key", BETA)),
+        lambda t: query(("key", ALPHA), ATTEMPT, ("token", t.token(ALPHA, 1)), ("key", BETA)),
         403,
     ),
-    "empty-token": (lambda t: query(("key", ALPHA), ("token", "")), 404),
-    "key-without-token": (lambda t: query(("key", ALPHA)), 404),
-    "token-without-key": (lambda t: query(("token", t.token(ALPHA))), 404),
+    "empty-token": (lambda t: query(("key", ALPHA), ATTEMPT, ("token", "")), 404),
+    "key-without-token": (lambda t: query(("key", ALPHA), ATTEMPT), 404),
+    "token-without-key": (lambda t: query(ATTEMPT, ("token", t.token(ALPHA, 1))), 404),
+    "token-without-attempt": (lambda t: query(("key", ALPHA), ("token", t.token(ALPHA, 1))), 404),
+    "another-attempts-token": (
+        lambda t: query(("key", ALPHA), ("attempt", "2"), ("token", t.token(ALPHA, 1))),
+        403,
+    ),
+    "attempt-not-a-number": (
+        lambda t: query(("key", ALPHA), ("attempt", "1.0"), ("token", t.token(ALPHA, 1))),
+        403,
+    ),
 }
 
 
 async def test_a_genuine_delivery_with_its_keys_token_is_handed_off_under_that_key() -> None:
     body = fal_body()
     async with in_process_receiver() as receiver:
-        url_query = query(("key", ALPHA), ("token", WebhookToken(WEBHOOK_SECRET).token(ALPHA)))
+        url_query = query(
+            ("key", ALPHA), ATTEMPT, ("token", WebhookToken(WEBHOOK_SECRET).token(ALPHA, 1))
+        )
         answer = await asgi_call(
             receiver.app, query=url_query.encode(), headers=as_asgi(signed(body)), chunks=[body]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ JOB = ProviderJob(
     response_url="http://q/fal-ai/flux/requests/req-1",
     cancel_url="http://q/fal-ai/flux/requests/req-1/cancel",
 )
+EVIL_JOB = JOB.model_copy(update={"request_id": "evil"})
 SUBMIT = lc.SubmitCommand(
     request={"idempotency_key": KEY, "endpoint": "fal-ai/flux/schnell", "input": {"prompt": "x"}},
     fingerprint="f1",
@@ -113,12 +115,34 @@ def test_conflicting_fingerprint_is_dead_lettered_and_changes_nothing() -> None:
     assert decision == lc.Decision(None, (lc.Conflict(),))
 
 
+def webhook(record: LedgerRecord | None, *, confirmed: bool = True, **fields: Any) -> lc.News:
+    """A webhook through the URL of the record's current attempt."""
+    news: dict[str, Any] = {
+        "request_id": "req-1",
+        "ok": True,
+        "payload": OUTPUT,
+        "job": JOB,
+        "via": "webhook",
+        "attempt": record.attempts if record is not None else 0,
+        "account_confirmed": confirmed,
+    }
+    return lc.News(**{**news, **fields})
+
+
 def test_ambiguous_submit_becomes_unknown_and_is_adopted_by_webhook() -> None:
     record, decision = step(posting(), lc.Ambiguous(ERROR))
     assert record is not None
     assert record.phase is Phase.UNKNOWN
     assert decision.effects == (lc.AwaitAdoption(NOW),)
-    record, decision = step(record, lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
+    unconfirmed = webhook(record, confirmed=False)
+    # Anyone who learnt the URL could have sent a job to it: ask whose request it is first.
+    assert lc.decide(record, unconfirmed, KEY, NOW) == lc.Decision(
+        None, (lc.ConfirmAccount(unconfirmed),)
+    )
+    # A URL made for an earlier attempt adopts nothing.
+    stale = webhook(record, attempt=record.attempts - 1)
+    assert lc.decide(record, stale, KEY, NOW) == lc.NOTHING
+    record, decision = step(record, webhook(record))
     assert record is not None
     assert record.phase is Phase.RESULT_READY
     assert record.adopted
@@ -243,6 +267,7 @@ MOVES = st.lists(
             "poll_failed",
             "fetch_failed",
             "store_failed",
+            "foreign_webhook",
         ]
     ),
     max_size=40,
@@ -300,9 +325,9 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             }
             apply(outcomes[move])
         elif move == "webhook" and paid:
-            apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT, job=JOB))
+            apply(webhook(record))
         elif move == "webhook_error" and paid:
-            apply(lc.News(request_id="req-1", ok=False, error=ERROR, job=JOB))
+            apply(webhook(record, ok=False, payload=None, error=ERROR))
         elif move == "poll_done" and record is not None and record.job is not None:
             apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT))
         elif move == "crash":
@@ -330,6 +355,10 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             if paid == 0 and not post_due and record is not None:
                 cancelled_before_any_post = True
             apply(lc.CancelCommand())
+        elif move == "foreign_webhook":
+            # Another account's job, sent to our URL: its request is never adopted, because
+            # asking with our key does not find it (ConfirmAccount comes back empty).
+            apply(webhook(record, confirmed=False, request_id="evil", job=EVIL_JOB))
         elif move in FAILING_STEPS:
             apply(lc.StepFailed(FAILING_STEPS[move], ERROR))
         elif move == "clock_back":
@@ -337,6 +366,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         elif move == "clock_ahead":
             clock += timedelta(seconds=400)
 
+    assert record is None or record.job is None or record.job.request_id != "evil"
     assert paid <= 1
     assert posts_after_that == 0, "a cancel that arrived before any POST was paid for"
     assert len(announced) <= 1, announced

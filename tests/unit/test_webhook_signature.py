@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from genrelay.consumer.errors import KeysUnavailable, RejectReason, WebhookRejected
 from genrelay.consumer.webhook_signature import (
+    ATTEMPT_PARAM,
     KEY_PARAM,
     TOKEN_PARAM,
     JwksCache,
@@ -291,27 +292,36 @@ def query_of(url: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("key", ["order-42/hero", "a&b=c", "ключ", "../x"])
-def test_webhook_url_carries_the_key_and_a_token_that_checks(key: str) -> None:
+def test_webhook_url_carries_the_key_its_attempt_and_a_token_that_checks(key: str) -> None:
     tokens = WebhookToken(SECRET)
-    query = query_of(tokens.build_webhook_url("https://relay.example/webhooks/fal", key))
+    query = query_of(tokens.build_webhook_url("https://relay.example/webhooks/fal", key, 3))
     assert query[KEY_PARAM] == key
-    tokens.check_token(query[KEY_PARAM], query[TOKEN_PARAM])
+    assert tokens.check_token(query[KEY_PARAM], query[ATTEMPT_PARAM], query[TOKEN_PARAM]) == 3
 
 
 def test_genuine_delivery_replayed_to_another_keys_url_is_refused() -> None:
     tokens = WebhookToken(SECRET)
-    token_of_a = query_of(tokens.build_webhook_url("https://relay.example/h", "key-a"))[TOKEN_PARAM]
+    url = tokens.build_webhook_url("https://relay.example/h", "key-a", 1)
     with pytest.raises(WebhookRejected) as caught:
-        tokens.check_token("key-b", token_of_a)
+        tokens.check_token("key-b", "1", query_of(url)[TOKEN_PARAM])
+    assert caught.value.reason is RejectReason.BAD_TOKEN
+
+
+@pytest.mark.parametrize("attempt", ["2", "0", "-1", "1 ", "\uff11", "9" * 12])
+def test_a_token_is_good_for_its_own_attempt_only(attempt: str) -> None:
+    tokens = WebhookToken(SECRET)
+    token = query_of(tokens.build_webhook_url("https://relay.example/h", "k", 1))[TOKEN_PARAM]
+    with pytest.raises(WebhookRejected) as caught:
+        tokens.check_token("k", attempt, token)
     assert caught.value.reason is RejectReason.BAD_TOKEN
 
 
 def test_token_depends_on_the_secret() -> None:
-    assert WebhookToken(SECRET).token("k") != WebhookToken(b"t" * 32).token("k")
+    assert WebhookToken(SECRET).token("k", 1) != WebhookToken(b"t" * 32).token("k", 1)
 
 
 def test_existing_query_of_the_base_url_is_kept() -> None:
-    url = WebhookToken(SECRET).build_webhook_url("https://relay.example/h?region=eu", "k")
+    url = WebhookToken(SECRET).build_webhook_url("https://relay.example/h?region=eu", "k", 1)
     assert query_of(url)["region"] == "eu"
     assert query_of(url)[KEY_PARAM] == "k"
 
