@@ -56,6 +56,18 @@ class _Actor:
     closed: bool = False
 
 
+class _Once:
+    """Calls `callback` (if any) the first time it is called."""
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 @dataclass(frozen=True)
 class _Internal:
     """A timer firing inside the actor: run a step again (not a lifecycle event)."""
@@ -214,18 +226,24 @@ class Jobs:
             record = self._ledger.get(actor.key)
             request_id = record.job.request_id if record and record.job else None
             trace_id = trace_id_of(record.traceparent) if record else None
+            durable = _Once(on_done)
             with job_context(key=actor.key, request_id=request_id, trace_id=trace_id):
                 if isinstance(event, _Internal):
                     await self._internal(actor, event)
                 else:
-                    await self._apply(actor, event, source)
-            if on_done is not None:
-                on_done()
+                    await self._apply(actor, event, source, durable)
+            durable()
         self._maybe_forget(actor)
 
     async def _apply(
-        self, actor: _Actor, event: lc.Event, source: SourceRecord | None = None
+        self,
+        actor: _Actor,
+        event: lc.Event,
+        source: SourceRecord | None = None,
+        durable: Callable[[], None] = lambda: None,
     ) -> None:
+        """Decide, commit the decided state, then perform the effects. `durable` runs as soon
+        as the state is committed (the record's offset may commit), before any effect."""
         record = self._ledger.get(actor.key)
         if isinstance(event, lc.SubmitCommand):
             if record is not None:
@@ -250,6 +268,7 @@ class Jobs:
                 self._cancel_slot_wait(actor)
         elif isinstance(event, lc.SlotGranted):
             self._release_slot(actor)  # granted to a key that no longer needs it (cancelled)
+        durable()
         for effect in decision.effects:
             await self._perform(actor, effect, source)
 

@@ -212,3 +212,36 @@ def _finished(key: str, at: datetime) -> LedgerRecord:
 
 def _phase(record: LedgerRecord | None) -> Phase | None:
     return None if record is None else record.phase
+
+
+async def _committed(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+
+async def test_a_records_offset_commits_once_its_state_is_durable_not_after_the_post(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    # The provider holds its answer to the submit for a minute: the POST is under way.
+    emulator.arm(delay_submit_responses=1, delay_submit_ms=60_000)
+    settings = relay_settings(stack, emulator, partitions=1)
+    async with running(settings) as relay:
+        await produce(
+            stack.kafka_bootstrap, settings.topic_requests, [(b"slow", submit_record("slow", "x"))]
+        )
+        await eventually(lambda: len(emulator.submissions()) == 1, timeout=60)
+        # SUBMITTING is committed before the POST, so the record is done with: its offset
+        # commits while the POST still waits for its answer.
+
+        async def committed() -> bool:
+            return await _committed(stack.kafka_bootstrap, settings.group_id) == 1
+
+        await eventually(committed, timeout=60)
+        record = relay.relay.ledger.get("slow")
+        assert record is not None
+        assert record.phase is Phase.SUBMITTING
