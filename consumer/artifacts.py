@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import random
 import re
 import socket
 import tempfile
@@ -28,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
+from genrelay.consumer.backoff import jittered, retry_after
 from genrelay.consumer.errors import (
     ClosedError,
     DownloadFailed,
@@ -412,13 +412,11 @@ class Downloader:
             content_type=_content_type(response, ref),
         )
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self._policy.backoff_max, self._policy.backoff_base * 2 ** (attempt - 1))
-        # Full jitter, so replicas retrying the same CDN do not return in step.
-        delay = random.uniform(0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._policy.backoff_max))
-        return delay
+    def _backoff(self, attempt: int, later: float | None) -> float:
+        policy = self._policy
+        return jittered(
+            attempt, base=policy.backoff_base, cap=policy.backoff_max, retry_after=later
+        )
 
 
 def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
@@ -435,7 +433,7 @@ def _check_status(response: httpx.Response, url: httpx.URL) -> None:
     if status in _EXPIRED_STATUSES:
         raise UrlExpired(f"{_safe(url)}: {status}", status_code=status)
     raise DownloadFailed(
-        f"{_safe(url)}: {status}", status_code=status, retry_after=_retry_after(response)
+        f"{_safe(url)}: {status}", status_code=status, retry_after=retry_after(response.headers)
     )
 
 
@@ -474,11 +472,6 @@ def _content_length(response: httpx.Response) -> int | None:
 def _is_encoded(response: httpx.Response) -> bool:
     encoding: str = response.headers.get("content-encoding", "identity")
     return encoding.lower() != "identity"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
 
 
 def _content_type(response: httpx.Response, ref: FileRef) -> str:

@@ -10,6 +10,7 @@ exception. Whether an error may be retried is a property of its class (``retryab
     ├── RecordTooLarge         a record exceeds what the broker accepts; it was not written
     ├── ProviderError
     │   ├── NotSent            provably never reached the provider: retry freely
+    │   │   └── RateLimited    a 429: wait at least its Retry-After
     │   ├── MaybeSent          may have been accepted: never re-POST, reconcile
     │   ├── Rejected           the provider answered definitively: do not retry
     │   ├── InvalidEndpoint    the endpoint id or a URL is malformed: nothing was sent
@@ -80,6 +81,10 @@ class NotSent(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(NotSent):
+    """The provider answered 429: back-pressure, not a failure of the request."""
 
 
 class MaybeSent(ProviderError):

@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from genrelay import __version__
+from genrelay.consumer.backoff import retry_after
 from genrelay.consumer.errors import (
     ClosedError,
     InvalidEndpoint,
@@ -32,6 +33,7 @@ from genrelay.consumer.errors import (
     NotFound,
     NotSent,
     ProviderError,
+    RateLimited,
     Rejected,
     RejectReason,
     ResultExpired,
@@ -380,7 +382,7 @@ def _failure(response: httpx.Response) -> ProviderError:
     status = response.status_code
     where = _where(response)
     if status == 429:
-        return NotSent(f"{where}: rate limited", retry_after=_retry_after(response))
+        return RateLimited(f"{where}: rate limited", retry_after=retry_after(response.headers))
     if _from_ingress(response):
         return MaybeSent(f"{where}: gateway error; it may have forwarded the request")
     if status >= 500:
@@ -427,10 +429,6 @@ def _json_or_none(response: httpx.Response) -> JSON:
 def _body_status(response: httpx.Response) -> str | None:
     body = _json_or_none(response)
     return _str(body.get("status")) if isinstance(body, dict) else None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    return _header_number(response, "retry-after")
 
 
 def _billable_units(response: httpx.Response) -> float | None:

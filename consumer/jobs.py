@@ -19,6 +19,7 @@ from typing import Any
 
 from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.backoff import Pacer, jittered
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.intake import SourceRecord
 from genrelay.consumer.ledger import Ledger
@@ -26,7 +27,7 @@ from genrelay.consumer.logs import job_context
 from genrelay.consumer.partition_writer import Outgoing
 from genrelay.consumer.provider import Priority
 from genrelay.consumer.slots import Slots
-from genrelay.consumer.steps import Observers, Steps, StillRunning
+from genrelay.consumer.steps import Observers, Steps, StillRunning, Throttled
 from genrelay.consumer.telemetry import job_span, trace_id_of, traceparent_of
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
@@ -39,6 +40,7 @@ class Timing:
     unknown_grace: float
     retry_base: float = 0.5
     retry_max: float = 30.0
+    poll_rate: float = 50.0  # status polls per second, at most, for the whole replica
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Jobs:
         self._group_id = group_id
         self._policy = policy
         self._timing = timing
+        self._poll_pacer = Pacer(timing.poll_rate)
         self._on_crash = on_crash
         self._actors: dict[str, _Actor] = {}
         self._tenants: Counter[str] = Counter()
@@ -328,7 +331,9 @@ class Jobs:
                 self._schedule(actor, (due - _now()).total_seconds(), lc.UnknownUnresolved())
             case lc.Watch():
                 actor.polls = 0
-                self._schedule(actor, self._timing.poll_grace, _POLL_DUE)
+                # Spread: keys submitted together are not first polled together.
+                grace = self._timing.poll_grace * random.uniform(1.0, 1.5)
+                self._schedule(actor, grace, _POLL_DUE)
             case lc.RetryStep(step=step, failures=failures):
                 self._schedule(actor, self.backoff(failures), _STEP_DUE[step])
             case lc.ConfirmAccount(news=news):
@@ -407,12 +412,18 @@ class Jobs:
             failpoints.reached("after_submitted")
 
     async def _poll(self, actor: _Actor, record: LedgerRecord) -> None:
+        await self._poll_pacer.wait()
         outcome = await self._steps.poll(record, actor.partition)
         if outcome is None:
             await self._fetch(actor)
         elif isinstance(outcome, StillRunning):
             await self._apply(actor, lc.StepOk())
             self._schedule(actor, self._next_poll(actor), _POLL_DUE)
+        elif isinstance(outcome, Throttled):
+            # Back-pressure, not a failure: wait at least as long as the provider asked.
+            self._schedule(
+                actor, max(outcome.retry_after or 0.0, self._next_poll(actor)), _POLL_DUE
+            )
         else:
             await self._apply(actor, outcome)
 
@@ -454,9 +465,9 @@ class Jobs:
         return base * random.uniform(0.8, 1.2)
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
-        base = min(self._timing.retry_max, self._timing.retry_base * 2.0 ** max(0, attempt - 1))
-        return base * random.uniform(0.5, 1.0)
+        """Exponential backoff with jitter for the `attempt`-th retry (1-based)."""
+        timing = self._timing
+        return jittered(attempt, base=timing.retry_base, cap=timing.retry_max, floor=0.5)
 
     def _await_slot(self, actor: _Actor, record: LedgerRecord) -> None:
         """Wait for a slot beside the actor, so a cancel can still reach the key meanwhile."""

@@ -158,6 +158,7 @@ class Relay:
             poll_grace=settings.poll_grace_seconds,
             poll_max_interval=settings.poll_max_interval_seconds,
             unknown_grace=settings.unknown_grace_seconds,
+            poll_rate=settings.poll_rate_per_second,
         )
         steps = Steps(
             provider=self.provider,

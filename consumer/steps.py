@@ -25,6 +25,7 @@ from genrelay.consumer.errors import (
     NotFound,
     NotSent,
     ProviderError,
+    RateLimited,
     ResultExpired,
     StoreRefused,
     UrlExpired,
@@ -70,6 +71,13 @@ class FileStorer(Protocol):
 @dataclass(frozen=True)
 class StillRunning:
     """The provider has not finished the job; poll again later."""
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """The provider asked us to poll less (429): wait at least `retry_after` seconds."""
+
+    retry_after: float | None
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,9 @@ class Steps:
                 return lc.Refused(ErrorDetail(type=str(kind), message=str(exc), retryable=False))
         return lc.Accepted(to_job(submission))
 
-    async def poll(self, record: LedgerRecord, partition: int) -> lc.Event | StillRunning | None:
+    async def poll(
+        self, record: LedgerRecord, partition: int
+    ) -> lc.Event | StillRunning | Throttled | None:
         """Ask where the job is; None means "it finished: fetch the result"."""
         assert record.job is not None
         with step_span(self._tracer, Step.POLL, record.traceparent):
@@ -171,6 +181,8 @@ class Steps:
                 status = await self._provider.status(to_submission(record.job))
             except NotFound as exc:
                 return lc.ResultGone(_failure(exc, "request_lost"))
+            except RateLimited as exc:
+                return Throttled(exc.retry_after)
             except ProviderError as exc:
                 log.info("status poll failed: %s", exc)
                 return lc.StepFailed("poll", _failure(exc, "status_unavailable"))

@@ -15,6 +15,7 @@ from genrelay.consumer.errors import (
     MaybeSent,
     NotFound,
     NotSent,
+    RateLimited,
     Rejected,
     RejectReason,
     ResultExpired,
@@ -432,6 +433,13 @@ async def test_credential_error_on_result_is_rejected_not_a_failed_request(statu
 async def test_rate_limit_on_result_is_not_the_requests_outcome() -> None:
     with pytest.raises(NotSent):
         await provider_for(Queue(httpx.Response(429, headers=FAL_ID))).result(SUBMISSION)
+
+
+async def test_rate_limit_on_status_says_how_long_to_wait() -> None:
+    answer = httpx.Response(429, headers={**FAL_ID, "retry-after": "4"})
+    with pytest.raises(RateLimited) as caught:
+        await provider_for(Queue(answer)).status(SUBMISSION)
+    assert caught.value.retry_after == 4.0
 
 
 async def test_unreadable_result_is_a_terminal_failure() -> None:
