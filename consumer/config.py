@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     allow_private_downloads: bool = Field(
         False, description="allow loopback/private addresses (the local emulator only)"
     )
+    max_concurrent_stores: int = Field(
+        32, ge=1, description="keys copying their files at once (each spools up to 8 MiB)"
+    )
     max_download_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="larger output files are refused"
     )
@@ -113,6 +116,9 @@ class Settings(BaseSettings):
     # Limits
     max_in_flight: int = Field(1000, ge=1, description="jobs between submit and outcome")
     max_in_flight_per_endpoint: int = Field(500, ge=1, description="the same, per endpoint")
+    max_in_flight_per_tenant: int | None = Field(
+        None, ge=1, description="the same, per tenant (a request's `tenant`); unset: no limit"
+    )
     max_buffered_records: int = Field(5000, ge=1, description="records waiting for a slot")
     max_buffered_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="record bytes read but not yet durable"

@@ -281,7 +281,7 @@ class Jobs:
         accepted = decision.record
         if decision.effects != (lc.AcquireSlot(),) or accepted is None or actor.slot is not None:
             return decision
-        if actor.closed or not self._slots.try_acquire(accepted.endpoint):
+        if actor.closed or not self._slots.try_acquire(accepted.endpoint, _tenant(accepted)):
             return decision
         self._note_slot(actor, accepted)
         return lc.decide(accepted, lc.SlotGranted(), actor.key, _now(), self._policy)
@@ -479,7 +479,7 @@ class Jobs:
 
         async def wait() -> None:
             priority = Priority(record.request.get("priority") or "normal")
-            await self._slots.acquire(record.endpoint, priority)
+            await self._slots.acquire(record.endpoint, priority, _tenant(record))
             actor.slot_wait = None
             self._note_slot(actor, record)
             if actor.closed:
@@ -505,18 +505,18 @@ class Jobs:
         if actor.slot is not None:
             return False
         priority = Priority(record.request.get("priority") or "normal")
-        waited = not self._slots.available(record.endpoint)
-        await self._slots.acquire(record.endpoint, priority)
+        waited = not self._slots.available(record.endpoint, _tenant(record))
+        await self._slots.acquire(record.endpoint, priority, _tenant(record))
         self._note_slot(actor, record)
         return waited
 
     def _force_slot(self, actor: _Actor, record: LedgerRecord) -> None:
         if actor.slot is None:
-            self._slots.force(record.endpoint)
+            self._slots.force(record.endpoint, _tenant(record))
             self._note_slot(actor, record)
 
     def _note_slot(self, actor: _Actor, record: LedgerRecord) -> None:
-        tenant = record.request.get("tenant")
+        tenant = _tenant(record)
         actor.slot = (record.endpoint, tenant)
         if tenant:
             self._tenants[tenant] += 1
@@ -526,7 +526,7 @@ class Jobs:
             return
         endpoint, tenant = actor.slot
         actor.slot = None
-        self._slots.release(endpoint)
+        self._slots.release(endpoint, tenant)
         if tenant:
             self._tenants[tenant] -= 1
 
@@ -543,3 +543,8 @@ class Jobs:
         self._release_slot(actor)
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
+
+
+def _tenant(record: LedgerRecord) -> str | None:
+    tenant = record.request.get("tenant")
+    return tenant if isinstance(tenant, str) and tenant else None

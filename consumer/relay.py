@@ -133,7 +133,11 @@ class Relay:
             self.metrics,
             max_record_bytes=settings.kafka_max_request_bytes,
         )
-        self.slots = Slots(settings.max_in_flight, settings.max_in_flight_per_endpoint)
+        self.slots = Slots(
+            settings.max_in_flight,
+            settings.max_in_flight_per_endpoint,
+            settings.max_in_flight_per_tenant,
+        )
         self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._downloader = Downloader(self._download_http, policy=self._download_policy())
         self.store = MinioStore(
@@ -151,6 +155,7 @@ class Relay:
             prefix=settings.prefix,
             tracer=tracer,
             metrics=self.metrics,
+            concurrency=settings.max_concurrent_stores,
         )
         secret = settings.webhook_secret.get_secret_value().encode()
         self._tokens = WebhookToken(secret) if secret else None

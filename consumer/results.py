@@ -7,6 +7,7 @@ replaced in the result by its object-store reference.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ class ResultFiles:
         prefix: str,
         tracer: Tracer,
         metrics: RelayMetrics,
+        concurrency: int = 32,
     ) -> None:
         self._downloader = downloader
         self._store = store
@@ -48,9 +50,16 @@ class ResultFiles:
         self._prefix = prefix
         self._tracer = tracer
         self._metrics = metrics
+        # Bounds the files in flight whatever the slots hold: after a failover every
+        # restored key may want its files at once.
+        self._copying = asyncio.Semaphore(concurrency)
 
     async def store(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]:
         """Store every file of `record.result`; returns the artifacts and the rewritten result."""
+        async with self._copying:
+            return await self._copy_all(record)
+
+    async def _copy_all(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]:
         target = record.request.get("output") or {}
         bucket = target.get("bucket") or self._bucket
         prefix = target.get("prefix") or self._prefix

@@ -62,3 +62,34 @@ async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
     assert slots.used == 0
     await asyncio.wait_for(slots.acquire("e", Priority.LOW), timeout=1)
     assert slots.used == 1
+
+
+async def test_a_tenant_at_its_limit_waits_while_other_tenants_go_ahead() -> None:
+    slots = Slots(total=10, per_endpoint=10, per_tenant=2)
+    await slots.acquire("e", Priority.NORMAL, "bulk")
+    await slots.acquire("e", Priority.NORMAL, "bulk")
+    third = asyncio.create_task(slots.acquire("e", Priority.NORMAL, "bulk"))
+    await _started(third)
+    # Queued behind the blocked tenant, another tenant (and untenanted work) is served at once.
+    await asyncio.wait_for(slots.acquire("e", Priority.LOW, "shop"), timeout=1)
+    await asyncio.wait_for(slots.acquire("e", Priority.LOW), timeout=1)
+    assert not third.done()
+    slots.release("e", "bulk")
+    await asyncio.wait_for(third, timeout=1)
+    assert slots.used == 4
+
+
+async def test_restored_work_counts_over_the_limit_and_new_work_waits_until_below_it() -> None:
+    slots = Slots(total=2, per_endpoint=10, per_tenant=1)
+    for _ in range(3):  # a failover brought three in-flight jobs of one tenant
+        slots.force("e", "bulk")
+    assert slots.used == 3
+    assert not slots.try_acquire("e", "shop")  # over the global limit
+    waiter = asyncio.create_task(slots.acquire("e", Priority.NORMAL, "shop"))
+    await _started(waiter)
+    slots.release("e", "bulk")
+    await asyncio.sleep(0)
+    assert not waiter.done()  # 2 of 2 still in use
+    slots.release("e", "bulk")
+    await asyncio.wait_for(waiter, timeout=1)
+    assert not slots.try_acquire("e", "bulk")  # the tenant still has one of its one
