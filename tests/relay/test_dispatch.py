@@ -245,3 +245,27 @@ async def test_a_records_offset_commits_once_its_state_is_durable_not_after_the_
         record = relay.relay.ledger.get("slow")
         assert record is not None
         assert record.phase is Phase.SUBMITTING
+
+
+async def test_a_tenant_at_its_in_flight_limit_waits_while_another_tenant_is_served(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    emulator.configure(run_latency=FixedLatency(ms=60_000))
+    settings = relay_settings(stack, emulator, max_in_flight_per_tenant=1)
+    bulk = [f"bulk-{n}" for n in range(3)]
+    records = [(k.encode(), submit_record(k, k, tenant="bulk")) for k in bulk]
+    records.append((b"shop-0", submit_record("shop-0", "x", tenant="shop")))
+    async with running(settings) as relay:
+        await produce(stack.kafka_bootstrap, settings.topic_requests, records)
+
+        def phases() -> list[Phase | None]:
+            return [_phase(relay.relay.ledger.get(k)) for k in (*bulk, "shop-0")]
+
+        # One bulk key runs (for a minute), the shop key runs beside it, two bulk keys wait
+        # recorded but never posted.
+        await eventually(
+            lambda: phases().count(Phase.ACCEPTED) == 2 and phases()[-1] is Phase.SUBMITTED,
+            timeout=60,
+        )
+        assert phases().count(Phase.SUBMITTED) == 2
+        assert len(emulator.submissions()) == 2
