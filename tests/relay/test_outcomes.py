@@ -117,7 +117,7 @@ async def _until_files_expired(emulator: EmulatorServer, jobs: int) -> None:
     async with httpx.AsyncClient() as http:
 
         async def expired() -> bool:
-            if emulator.stats()["completed"] < jobs:  # type: ignore[operator]
+            if emulator.stats()["completed"] < jobs:
                 return False
             submission = emulator.submissions()[0]
             result_url = f"{emulator.base_url}/fal-ai/flux/requests/{submission.request_id}"

@@ -114,6 +114,7 @@ def test_replace_turns_a_bare_url_into_its_reference() -> None:
     assert replaced["video_url"] == "s3://b/k/0.mp4"
     assert replaced["frames"] == ["s3://b/k/1.png", "s3://b/k/2.png"]
     assert replaced["image"] == {"object": "s3://b/k/3.png", "content_type": "image/png"}
+    assert isinstance(BARE, dict)
     assert replaced["source"] == BARE["source"]
     assert walk_files(replaced) == []
 

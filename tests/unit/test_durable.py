@@ -29,12 +29,12 @@ def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_retriable_errors_are_retried_until_acknowledged() -> None:
     producer = FlakyProducer([LeaderNotAvailableError(), KafkaTimeoutError()])
-    await send_durably(producer, "t", b"v", key=b"k")  # type: ignore[arg-type]
+    await send_durably(producer, "t", b"v", key=b"k")
     assert producer.sent == [("t", b"v")]
 
 
 async def test_a_non_retriable_error_is_raised() -> None:
     producer = FlakyProducer([UnsupportedVersionError()])
     with pytest.raises(UnsupportedVersionError):
-        await send_durably(producer, "t", b"v", key=b"k")  # type: ignore[arg-type]
+        await send_durably(producer, "t", b"v", key=b"k")
     assert producer.sent == []
