@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import fal_client
-import fal_client.client
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from minio import Minio
@@ -86,6 +84,11 @@ def consumer_for(args: argparse.Namespace, *, auto_commit: bool) -> AIOKafkaCons
 
 
 async def naive(args: argparse.Namespace) -> None:
+    # fal's SDK is a development dependency (pip install 'genrelay[dev]'): imported here, so
+    # the module itself imports from a plain install.
+    import fal_client
+    import fal_client.client
+
     fal_client.client.QUEUE_URL_FORMAT = args.emulator + "/"
     fal = fal_client.AsyncClient()  # FAL_KEY from the environment, as its docs say
     downloads = httpx.AsyncClient(timeout=60.0)

@@ -1,5 +1,7 @@
-"""`python -m genrelay.consumer …`: the same as the `genrelay` command."""
+"""`python -m genrelay.consumer`: one relay replica, configured by GENRELAY_* variables."""
 
-from genrelay.consumer.cli import main
+import asyncio
 
-raise SystemExit(main())
+from genrelay.consumer.service import run_relay
+
+raise SystemExit(asyncio.run(run_relay()))

@@ -15,7 +15,7 @@ from genrelay.deploy.local.processes import ManagedProcess
 
 
 class RelayProcess:
-    """`python -m genrelay.consumer run` with the given settings (and optional failpoint)."""
+    """`python -m genrelay.consumer` with the given settings (and optional failpoint)."""
 
     def __init__(
         self,
@@ -32,7 +32,7 @@ class RelayProcess:
         self.settings = settings
         self.process = ManagedProcess(
             name,
-            [sys.executable, "-m", "genrelay.consumer", "run"],
+            [sys.executable, "-m", "genrelay.consumer"],
             log_dir / f"{name}-{time.monotonic_ns()}.log",
             env=env,
         )

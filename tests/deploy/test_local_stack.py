@@ -147,6 +147,26 @@ def test_wheel_carries_every_part(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout.strip().startswith(str(wheel))
+    # The service imports none of the developer tools, and the developer tools import without
+    # their development dependencies (fal-client, pytest) installed.
+    probe = (
+        "import sys;"
+        "sys.modules.update(dict.fromkeys(['fal_client', 'pytest', 'pyinstrument'], None));"
+        "import genrelay.cli, genrelay.consumer.relay, genrelay.consumer.service;"
+        "tools = ('genrelay.bench', 'genrelay.chaos', 'genrelay.deploy', 'genrelay.emulator');"
+        "print(sorted(m for m in sys.modules if m.startswith(tools)));"
+        "import genrelay.bench.baseline_worker, genrelay.bench.cli, genrelay.chaos.cli"
+    )
+    service = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        env={"PYTHONPATH": f"{wheel}:{site_packages}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert service.returncode == 0, service.stderr
+    assert service.stdout.strip() == "[]"
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -41,25 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_relay() -> int:
-    from genrelay.consumer.config import Settings
-    from genrelay.consumer.logs import configure_logging
-    from genrelay.consumer.relay import Relay
-
-    settings = Settings()
-    secrets = [settings.fal_key, settings.webhook_secret, settings.s3_access_key]
-    secrets.append(settings.s3_secret_key)
-    configure_logging(
-        settings.log_level, json=settings.log_json, secrets=[s.get_secret_value() for s in secrets]
-    )
-    async with Relay(settings) as relay:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, relay.stop)
-        await relay.run()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `genrelay` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -77,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_local())
     if args.command == "run":
-        return asyncio.run(_run_relay())
+        from genrelay.consumer.service import run_relay
+
+        return asyncio.run(run_relay())
     if args.command == "submit":
         from genrelay.producers import submit_command
 
