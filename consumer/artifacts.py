@@ -32,6 +32,7 @@ from genrelay.consumer.errors import (
     ClosedError,
     DownloadFailed,
     DownloadRefused,
+    Unstorable,
     UrlExpired,
 )
 from genrelay.consumer.provider import JSON
@@ -151,7 +152,7 @@ def replace_files(output: JSON, objects: Mapping[FilePath, str]) -> JSON:
     unused = set(objects)
     replaced = _replace(output, (), objects, unused)
     if unused:
-        raise ValueError(f"no file object at {sorted(unused, key=repr)}")
+        raise Unstorable(f"no file object at {sorted(unused, key=repr)}")
     return replaced
 
 
@@ -188,15 +189,15 @@ def object_key(prefix: str, idempotency_key: str, n: int, ext: str) -> str:
     cannot climb out of the prefix, and distinct keys never share a folder.
     """
     if not idempotency_key:
-        raise ValueError("the idempotency key is empty")
+        raise Unstorable("the idempotency key is empty")
     if n < 0 or not _EXTENSION.fullmatch(ext):
-        raise ValueError(f"bad file number or extension: {n}, {ext!r}")
+        raise Unstorable(f"bad file number or extension: {n}, {ext!r}")
     segment = quote(idempotency_key, safe="")
     if segment in {".", ".."}:
         segment = segment.replace(".", "%2E")
     key = "/".join([*_prefix_segments(prefix), segment, f"{n}.{ext}"])
     if len(key.encode()) > MAX_KEY_LENGTH:
-        raise ValueError(f"object key longer than {MAX_KEY_LENGTH} bytes")
+        raise Unstorable(f"object key longer than {MAX_KEY_LENGTH} bytes")
     return key
 
 
@@ -204,7 +205,7 @@ def _prefix_segments(prefix: str) -> list[str]:
     stripped = prefix.strip("/")
     segments = stripped.split("/") if stripped else []
     if any(segment in {"", ".", ".."} for segment in segments):
-        raise ValueError(f"bad object key prefix {prefix!r}")
+        raise Unstorable(f"bad object key prefix {prefix!r}")
     return segments
 
 

@@ -19,7 +19,8 @@ exception. Whether an error may be retried is a property of its class (``retryab
     ├── ArtifactError
     │   ├── DownloadRefused    forbidden by policy: host, address, scheme, size
     │   ├── DownloadFailed     transient: 5xx, transport error, truncated body
-    │   └── UrlExpired         403/404/410: refetch the result for fresh URLs
+    │   ├── UrlExpired         403/404/410: refetch the result for fresh URLs
+    │   └── Unstorable         no valid object key or reference for it: retrying cannot help
     ├── StoreError             the object store failed; keys are deterministic, so retry
     │   ├── StoreRefused       refused for good: permissions, quota, a bucket not ours
     │   └── ObjectMissing      the object does not exist
@@ -140,6 +141,11 @@ class UrlExpired(ArtifactError):
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class Unstorable(ArtifactError, ValueError):
+    """A file cannot be named in the object store (the key would be too long, a prefix
+    climbs out of itself, the result changed shape): retrying cannot help."""
 
 
 class StoreError(GenrelayError):

@@ -119,10 +119,13 @@ class News:
 
 
 @dataclass(frozen=True)
-class Refetched:
-    """The result fetched again because its file URLs had expired."""
+class ResultFetched:
+    """What a GET of the result answered (the step reports it; the phase says what it means)."""
 
+    ok: bool
     payload: Any
+    error: ErrorDetail | None = None
+    cost_units: float | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ Event = (
     | RetryDue
     | Restored
     | News
-    | Refetched
+    | ResultFetched
     | ResultGone
     | FilesStored
     | FilesExpired
@@ -454,7 +457,21 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
                 return _finish(record, Phase.EXPIRED, "expired", error, now)
             refetch = record.result_refetches + 1
             return _change(record, now, result_refetches=refetch).then(FetchResult())
-        case Refetched(payload=payload) if record.phase is Phase.RESULT_READY:
+        case ResultFetched() if record.phase is Phase.SUBMITTED and record.job is not None:
+            news = News(
+                request_id=record.job.request_id,
+                ok=event.ok,
+                payload=event.payload,
+                error=event.error,
+                cost_units=event.cost_units,
+            )
+            return _news(record, news, now)
+        case ResultFetched(ok=False) if record.phase is Phase.RESULT_READY:
+            # A refetch (for fresh file URLs) now reads as a failure, contradicting the first
+            # answer: the files are what is missing, so the key expires rather than failing.
+            gone = ErrorDetail(type="output_expired", message="output files gone", retryable=False)
+            return _finish(record, Phase.EXPIRED, "expired", gone, now)
+        case ResultFetched(payload=payload) if record.phase is Phase.RESULT_READY:
             return _change(record, now, result=payload).then(StoreFiles())
         case FilesRefused(error=error) if record.phase is Phase.RESULT_READY:
             return _finish(record, Phase.FAILED, "failed", error, now)

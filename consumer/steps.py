@@ -28,6 +28,7 @@ from genrelay.consumer.errors import (
     RateLimited,
     ResultExpired,
     StoreRefused,
+    Unstorable,
     UrlExpired,
 )
 from genrelay.consumer.metrics import RelayMetrics, Resolution
@@ -43,7 +44,7 @@ from genrelay.consumer.provider import (
 from genrelay.consumer.recent_outcomes import RecentOutcomes
 from genrelay.consumer.telemetry import Step, step_span
 from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail
-from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
+from genrelay.schemas.ledger import LedgerRecord, ProviderJob
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class Steps:
         return True
 
     async def fetch(self, record: LedgerRecord) -> lc.Event:
-        """GET the result; a refetch (for fresh file URLs) gives `Refetched`."""
+        """GET the result, and report what it answered."""
         assert record.job is not None
         with step_span(self._tracer, Step.FETCH, record.traceparent):
             try:
@@ -226,15 +227,7 @@ class Steps:
             except ProviderError as exc:
                 log.info("result fetch failed: %s", exc)
                 return lc.StepFailed("fetch", _failure(exc, "result_unavailable"))
-        if record.phase is Phase.RESULT_READY:
-            if outcome.ok:
-                return lc.Refetched(outcome.payload)
-            # The result now reads as a failure, contradicting the first answer: the files are
-            # what is missing, so the key expires rather than failing.
-            gone = ErrorDetail(type="output_expired", message="output files gone", retryable=False)
-            return lc.ResultGone(gone)
-        return lc.News(
-            request_id=record.job.request_id,
+        return lc.ResultFetched(
             ok=outcome.ok,
             payload=outcome.payload,
             error=error_detail(outcome.error) if outcome.error else None,
@@ -252,9 +245,8 @@ class Steps:
         except StoreRefused as exc:  # permissions, quota, a bucket that is not ours
             log.warning("storing files failed for good: %s", exc)
             return lc.FilesRefused(_failure(exc, "store_refused"))
-        except ValueError as exc:  # e.g. no valid object key: retrying cannot help
-            error = ErrorDetail(type="output_unstorable", message=str(exc), retryable=False)
-            return lc.FilesRefused(error)
+        except Unstorable as exc:
+            return lc.FilesRefused(_failure(exc, "output_unstorable"))
         except (ArtifactError, GenrelayError) as exc:
             log.warning("storing files failed: %s", exc)
             return lc.StepFailed("store", _failure(exc, "store_unavailable"))

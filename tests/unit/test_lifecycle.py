@@ -346,7 +346,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         elif move == "files_expired":
             apply(lc.FilesExpired(ERROR))
         elif move == "refetched":
-            apply(lc.Refetched(OUTPUT))
+            apply(lc.ResultFetched(ok=True, payload=OUTPUT))
         elif move == "result_gone":
             apply(lc.ResultGone(ERROR))
         elif move == "published":
@@ -438,6 +438,18 @@ def test_a_failure_of_a_step_the_key_has_left_changes_nothing() -> None:
     assert lc.decide(submitted(), lc.StepFailed("store", SLOW), KEY, NOW) == lc.NOTHING
 
 
+def test_what_a_fetched_result_means_depends_on_the_phase_not_on_the_step() -> None:
+    # Fetched after news without its output: this is the outcome.
+    record, decision = step(submitted(), lc.ResultFetched(ok=True, payload=OUTPUT))
+    assert record is not None
+    assert record.phase is Phase.RESULT_READY
+    assert decision.effects == (lc.StoreFiles(),)
+    # Fetched again for fresh file URLs, it now reads as a failure: the files are gone.
+    record, decision = step(record, lc.ResultFetched(ok=False, payload=None, error=ERROR))
+    assert record is not None
+    assert record.phase is Phase.EXPIRED
+
+
 def test_a_key_accepted_by_a_clock_ahead_of_ours_finishes_with_non_negative_timings() -> None:
     # Another replica, 400 s ahead, accepted and submitted the key; this one finishes it.
     ahead = NOW + timedelta(seconds=400)
@@ -459,7 +471,7 @@ def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
     for refetch in range(1, lc.Policy().max_result_refetches + 1):
         record, decision = step(record, lc.FilesExpired(expired))
         assert decision.effects == (lc.FetchResult(),)
-        record, decision = step(record, lc.Refetched(OUTPUT))
+        record, decision = step(record, lc.ResultFetched(ok=True, payload=OUTPUT))
         assert record is not None
         assert record.result_refetches == refetch
         assert decision.effects == (lc.StoreFiles(),)
