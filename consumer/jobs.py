@@ -55,6 +55,7 @@ class _Actor:
     slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
     slot: tuple[str, str | None] | None = None  # (endpoint, tenant) while holding a slot
     polls: int = 0  # status polls since the last news, for their growing interval
+    asked: int = 0  # times the provider could not say whether a webhook's request is ours
     closed: bool = False
 
 
@@ -337,8 +338,7 @@ class Jobs:
             case lc.RetryStep(step=step, failures=failures):
                 self._schedule(actor, self.backoff(failures), _STEP_DUE[step])
             case lc.ConfirmAccount(news=news):
-                if await self._steps.ours(news):
-                    await self._apply(actor, replace(news, account_confirmed=True))
+                await self._confirm_account(actor, news)
             case lc.FetchResult():
                 await self._fetch(actor)
             case lc.StoreFiles():
@@ -391,6 +391,22 @@ class Jobs:
             await self._store(actor)
 
     # --- steps and what follows them ------------------------------------------------------
+
+    async def _confirm_account(self, actor: _Actor, news: lc.News) -> None:
+        ours = await self._steps.ours(news)
+        if ours:
+            actor.asked = 0
+            await self._apply(actor, replace(news, account_confirmed=True))
+        elif ours is None:
+            # The provider could not be asked (a cut, a 5xx): the news comes back after a
+            # back-off and is decided again (moot once the key has moved on).
+            actor.asked += 1
+            delay = self.backoff(actor.asked)
+            asyncio.get_running_loop().call_later(delay, self._redeliver, actor, news)
+
+    def _redeliver(self, actor: _Actor, event: lc.Event) -> None:
+        if not actor.closed:
+            self._deliver_internal(actor, event)
 
     async def _submit(self, actor: _Actor) -> None:
         record = self._ledger.get(actor.key)

@@ -60,6 +60,7 @@ from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, ap
 from genrelay.consumer.webhook_signature import JwksCache, WebhookToken
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.dead_letter import DeadLetterReason
+from genrelay.schemas.ledger import ProviderJob
 from genrelay.schemas.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class Relay:
         )
         secret = settings.webhook_secret.get_secret_value().encode()
         self._tokens = WebhookToken(secret) if secret else None
+        # Our fal account's user id: configured, or learnt from a webhook of our own request.
+        self._account: str | None = settings.fal_user_id
         timing = Timing(
             poll_grace=settings.poll_grace_seconds,
             poll_max_interval=settings.poll_max_interval_seconds,
@@ -517,6 +520,11 @@ class Relay:
         # A delivery with an error or without its output is a signal to fetch the result,
         # whose status code and headers classify the outcome authoritatively.
         usable = delivery.ok and delivery.payload_error is None and delivery.payload is not None
+        if record is not None and record.job is not None:
+            self._learn_account(record.job, delivery)
+        confirmed = delivery.account_pinned or (
+            delivery.user_id is not None and delivery.user_id == self._account
+        )
         news = lc.News(
             request_id=delivery.request_id,
             ok=True,
@@ -525,11 +533,18 @@ class Relay:
             job=job,
             via="webhook",
             attempt=delivery.attempt,
-            account_confirmed=delivery.account_pinned,
+            account_confirmed=confirmed,
         )
         if record is not None and record.phase in lc.OPEN_PHASES:
             self.metrics.resolved(Resolution.WEBHOOK)
         self.jobs.deliver(key, source.partition, news, on_done=finished)
+
+    def _learn_account(self, job: ProviderJob, delivery: WebhookDelivery) -> None:
+        """fal signed a webhook for a request our own submit created: its signer is our
+        account, so that account's later webhooks need no confirmation round trip."""
+        if self._account is None and delivery.user_id and job.request_id == delivery.request_id:
+            self._account = delivery.user_id
+            log.info("fal account learnt from a webhook of one of our own requests")
 
     def _background(self, work: Coroutine[Any, Any, None], finished: Callable[[], None]) -> None:
         async def run() -> None:

@@ -26,6 +26,7 @@ from genrelay.consumer.errors import (
     NotSent,
     ProviderError,
     RateLimited,
+    Rejected,
     ResultExpired,
     StoreRefused,
     Unstorable,
@@ -200,20 +201,19 @@ class Steps:
             key, record.job, status.state, status.queue_position, partition
         )
 
-    async def ours(self, news: lc.News) -> bool:
-        """Whether our fal account knows the request a webhook named (asked with our key)."""
+    async def ours(self, news: lc.News) -> bool | None:
+        """Whether our fal account knows the request a webhook named (asked with our key);
+        None when the provider could not be asked."""
         assert news.job is not None
         try:
             await self._provider.status(to_submission(news.job))
-        except NotFound:
+        except (NotFound, Rejected):
             self._metrics.foreign_webhook()
-            log.warning(
-                "a webhook named request %s, which our account does not know", news.request_id
-            )
+            log.warning("a webhook named request %s, unknown to our account", news.request_id)
             return False
         except ProviderError as exc:
-            log.warning("could not confirm the account of request %s: %s", news.request_id, exc)
-            return False
+            log.info("could not ask about request %s yet: %s", news.request_id, exc)
+            return None
         return True
 
     async def fetch(self, record: LedgerRecord) -> lc.Event:
