@@ -215,6 +215,13 @@ def _rows_scale(s: dict[str, Any]) -> list[tuple[str, str]]:
         speedups = ", ".join(f"x{step['speedup']}" for step in steps.values())
         rows.append((f"relay processes {counts}", f"{rates} jobs/s ({speedups})"))
         rows.append(("  verdict", p["verdict"]))
+        callbacks = [step.get("rebalance_callback_ms") or {} for step in steps.values()]
+        if any(callbacks):
+            shown = " → ".join(
+                f"{_n(c.get('n'))} calls, mean {_n(c.get('mean'))}, p99 ≤ {_n(c.get('p99'))}"
+                for c in callbacks
+            )
+            rows.append(("  rebalance callback (ms)", shown))
     for part, figures in s.items():
         if isinstance(figures, dict) and "error" in figures:
             rows.append((part, f"failed: {figures['error']}"))

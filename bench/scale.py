@@ -115,6 +115,7 @@ async def replicas(bench: Bench) -> dict[str, Any]:
             "others_share": cpu["others_share"],
             "share_of_machine": cpu["share_of_machine"],
             "spend": figures["spend"],
+            "rebalance_callback_ms": figures["rebalance_callback_ms"],
         }
     first = steps[str(bench.plan.replicas[0])]["jobs_per_second"]
     for step in steps.values():

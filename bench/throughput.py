@@ -42,6 +42,8 @@ from genrelay.schemas.topics import Topics
 # time the first poll finds the result. An operator would set it near the expected run time.
 POLL_GRACE_WITHOUT_WEBHOOKS = 1.0
 TRANSFER_HISTOGRAMS = ("genrelay_download_duration_seconds", "genrelay_upload_duration_seconds")
+# Every assignment callback since the relays started (heartbeats wait for it; goal ≤ 100 ms).
+REBALANCE_HISTOGRAM = "genrelay_rebalance_callback_duration_seconds"
 _WEBHOOK_SAMPLE = 200
 _MB = 1024 * 1024
 
@@ -117,7 +119,11 @@ async def _phases(
         started = await producer.burst(topics.requests, burst)
         done = await watch.wait(burst, wait_budget(len(burst)), fleet.check)
     spent = cpu.stop()
-    transfer = _transfer_delta(before, await _scrape(fleet.ports))
+    after = await _scrape(fleet.ports)
+    rebalance = (after or {}).pop(REBALANCE_HISTOGRAM, None)
+    if before is not None:
+        before.pop(REBALANCE_HISTOGRAM, None)
+    transfer = _transfer_delta(before, after)
     finished = max(c.appended_ms for c in done.values()) / 1000
     per_second = plan.jobs / (finished - started)
     relay_cpu = sum(spent.process_seconds.get(name, 0.0) for name in fleet.pids)
@@ -132,6 +138,8 @@ async def _phases(
         ),
         "cpu": spent.as_json(),
         "transfer_from_metrics_ms": transfer,
+        # p50/p99 are bucket bounds (0.5, 1, 5, 10, 50, 100 ms, ...).
+        "rebalance_callback_ms": rebalance.summary_ms() if rebalance is not None else None,
     }
     if profile is not None:
         figures["profile"] = profile.summary()
@@ -186,7 +194,8 @@ async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
                 return None
             if response.status_code != 200:
                 return None
-            for name, histogram in parse_histograms(response.text, TRANSFER_HISTOGRAMS).items():
+            wanted = (*TRANSFER_HISTOGRAMS, REBALANCE_HISTOGRAM)
+            for name, histogram in parse_histograms(response.text, wanted).items():
                 previous = merged.get(name)
                 merged[name] = histogram if previous is None else _add(previous, histogram)
     return merged or None
