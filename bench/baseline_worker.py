@@ -31,7 +31,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from minio import Minio
 
-from genrelay.consumer.http_transport import pooled_client
+from genrelay.consumer.provider.http_transport import pooled_client
 
 log = logging.getLogger("genrelay.bench.baseline")
 Job = Callable[[Any], Coroutine[Any, Any, None]]

@@ -28,8 +28,8 @@ from genrelay.bench.context import Bench
 from genrelay.bench.measure import rss_bytes
 from genrelay.bench.services import delete_topics
 from genrelay.bench.workload import ENDPOINT, IMAGE_SIZE
-from genrelay.consumer.ledger import Ledger, state_headers
-from genrelay.consumer.partition_writer import Writers
+from genrelay.consumer.ledger.ledger import Ledger, state_headers
+from genrelay.consumer.ledger.partition_writer import Writers
 from genrelay.schemas.completions import Artifact, CompletionEvent, Timings
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from genrelay.bench.context import Bench
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.processes import ManagedProcess, free_port
 from genrelay.deploy.local.replicas import RelayProcess
 from genrelay.schemas.topics import Topics

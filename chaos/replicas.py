@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.processes import StackStartError, log_tail
 from genrelay.deploy.local.replicas import RelayProcess
 

@@ -34,7 +34,7 @@ from genrelay.chaos.report import ScenarioReport
 from genrelay.chaos.scenarios import Scenario, Size
 from genrelay.chaos.toxiproxy import Proxy, Toxiproxy
 from genrelay.chaos.webhook_front import webhook_front
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.processes import free_port
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings

@@ -2,6 +2,6 @@
 
 import asyncio
 
-from genrelay.consumer.service import run_relay
+from genrelay.consumer.service.process import run_relay
 
 raise SystemExit(asyncio.run(run_relay()))

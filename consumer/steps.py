@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import Tracer
 
-from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.errors import (
     ArtifactError,
@@ -32,9 +31,9 @@ from genrelay.consumer.errors import (
     Unstorable,
     UrlExpired,
 )
-from genrelay.consumer.metrics import RelayMetrics, Resolution
-from genrelay.consumer.partition_writer import Outgoing
-from genrelay.consumer.provider import (
+from genrelay.consumer.events.recent_outcomes import RecentOutcomes
+from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.consumer.provider.provider import (
     ErrorInfo,
     JobState,
     JobStatus,
@@ -42,8 +41,9 @@ from genrelay.consumer.provider import (
     Provider,
     Submission,
 )
-from genrelay.consumer.recent_outcomes import RecentOutcomes
-from genrelay.consumer.telemetry import Step, step_span
+from genrelay.consumer.service import failpoints
+from genrelay.consumer.service.metrics import RelayMetrics, Resolution
+from genrelay.consumer.service.telemetry import Step, step_span
 from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, ProviderJob
 

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_local())
     if args.command == "run":
-        from genrelay.consumer.service import run_relay
+        from genrelay.consumer.service.process import run_relay
 
         return asyncio.run(run_relay())
     if args.command == "submit":

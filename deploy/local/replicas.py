@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.processes import ManagedProcess
 
 

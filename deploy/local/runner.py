@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.relay import Relay
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.relay import Relay
 from genrelay.deploy.local.processes import free_port
 from genrelay.deploy.local.stack import LocalStack, StackInfo
 from genrelay.emulator.server import EmulatorServer

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.producers.bulk import cli

@@ -152,7 +152,7 @@ def test_wheel_carries_every_part(tmp_path: Path) -> None:
     probe = (
         "import sys;"
         "sys.modules.update(dict.fromkeys(['fal_client', 'pytest', 'pyinstrument'], None));"
-        "import genrelay.cli, genrelay.consumer.relay, genrelay.consumer.service;"
+        "import genrelay.cli, genrelay.consumer.service.relay, genrelay.consumer.service.process;"
         "tools = ('genrelay.bench', 'genrelay.chaos', 'genrelay.deploy', 'genrelay.emulator');"
         "print(sorted(m for m in sys.modules if m.startswith(tools)));"
         "import genrelay.bench.baseline_worker, genrelay.bench.cli, genrelay.chaos.cli"

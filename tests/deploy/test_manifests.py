@@ -31,9 +31,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import SecretStr
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.topics import ensure_topics
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.topics import ensure_topics
 from genrelay.deploy.local.stack import StackInfo, cache_dir, kafka_version
 from genrelay.emulator.cli import build_parser, settings_from
 from genrelay.emulator.settings import EmulatorSettings

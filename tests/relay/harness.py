@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.partition_writer import PartitionWriter, Writers
-from genrelay.consumer.relay import Relay
+from genrelay.consumer.ledger.partition_writer import PartitionWriter, Writers
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.relay import Relay
 from genrelay.deploy.local.processes import free_port
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer

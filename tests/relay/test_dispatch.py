@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from genrelay.consumer.ledger import Ledger
+from genrelay.consumer.ledger.ledger import Ledger
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import FixedLatency

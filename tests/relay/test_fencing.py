@@ -13,8 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from genrelay.consumer.errors import Fenced, RecordTooLarge
-from genrelay.consumer.ledger import Ledger
-from genrelay.consumer.partition_writer import Outgoing, PartitionWriter, transactional_id
+from genrelay.consumer.ledger.ledger import Ledger
+from genrelay.consumer.ledger.partition_writer import Outgoing, PartitionWriter, transactional_id
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.schemas.ledger import LedgerRecord, Phase
 from tests.relay.harness import owned_partitions

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from genrelay.consumer.relay import Relay
-from genrelay.consumer.topics import TopicLayoutError
+from genrelay.consumer.service.relay import Relay
+from genrelay.consumer.service.topics import TopicLayoutError
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from tests.relay.harness import (

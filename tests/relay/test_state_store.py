@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from genrelay.consumer.state_store import PartitionStore
+from genrelay.consumer.ledger.state_store import PartitionStore
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from tests.relay.harness import (

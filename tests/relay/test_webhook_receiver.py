@@ -12,8 +12,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.webhook_signature import WebhookToken
+from genrelay.consumer.provider.webhook_signature import WebhookToken
+from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings

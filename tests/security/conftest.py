@@ -11,10 +11,10 @@ import httpx
 import pytest
 from minio import Minio
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.relay import Relay
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
-from genrelay.consumer.webhook_signature import WebhookToken
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_signature import WebhookToken
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.relay import Relay
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings

@@ -16,15 +16,15 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from genrelay.bench.workload import read_topic
-from genrelay.consumer.relay import Relay
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
-from genrelay.consumer.webhook_signature import (
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
+from genrelay.consumer.provider.webhook_signature import (
     ATTEMPT_PARAM,
     KEY_PARAM,
     TOKEN_PARAM,
     JwksCache,
     WebhookToken,
 )
+from genrelay.consumer.service.relay import Relay
 from genrelay.emulator.signing import Keyring
 from genrelay.schemas.webhooks import WebhookDelivery
 from tests.waiting import eventually

@@ -21,8 +21,8 @@ from urllib.parse import unquote
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.relay import Relay
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.relay import Relay
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.schemas.fields import IDEMPOTENCY_KEY_MAX_LENGTH
 from tests.relay.harness import (

@@ -24,8 +24,8 @@ from schemathesis.core.result import Ok
 from schemathesis.schemas import APIOperation
 from starlette.applications import Starlette
 
-from genrelay.consumer.openapi import OPENAPI_PATH, openapi_document, openapi_route
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.service.openapi import OPENAPI_PATH, openapi_document, openapi_route
 from tests.security.conftest import Service
 from tests.security.helpers import route_methods
 

@@ -32,10 +32,10 @@ from minio.credentials.providers import StaticProvider
 from minio.minioadmin import MinioAdmin
 
 from genrelay.bench.workload import read_topic as read_whole_topic
-from genrelay.consumer.config import Settings
-from genrelay.consumer.logs import configure_logging
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
-from genrelay.consumer.webhook_signature import WebhookToken
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_signature import WebhookToken
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.logs import configure_logging
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.signing import Keyring
 from tests.relay.harness import (

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from genrelay.consumer.artifacts import (
+from genrelay.consumer.artifacts.files import (
     Downloader,
     DownloadPolicy,
     FileRef,

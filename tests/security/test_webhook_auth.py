@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import pytest
 
-from genrelay.consumer.webhook_signature import WebhookToken
+from genrelay.consumer.provider.webhook_signature import WebhookToken
 from tests.security.conftest import Service
 from tests.security.helpers import (
     WEBHOOK_SECRET,

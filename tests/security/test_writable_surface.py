@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from genrelay.consumer.relay import Relay
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.service.relay import Relay
 from tests.relay.harness import relay_settings
 from tests.security.conftest import Service
 from tests.security.helpers import route_methods

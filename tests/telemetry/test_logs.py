@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from genrelay.consumer.logs import REDACTED, configure_logging, current_job, job_context
+from genrelay.consumer.service.logs import REDACTED, configure_logging, current_job, job_context
 
 FAL_KEY = "fal-key-4d1c:9f2e7a"
 S3_SECRET = "wJalr/XUtnFEMI+K7MDENG"
@@ -35,7 +35,7 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 def test_lines_inside_a_job_context_carry_its_identity_and_lines_outside_do_not(
     stream: io.StringIO,
 ) -> None:
-    log = logging.getLogger("genrelay.consumer.jobs")
+    log = logging.getLogger("genrelay.consumer.dispatch.jobs")
     log.info("before")
     with job_context(key="order-42/hero", request_id="req-1", trace_id="0af7651916cd43dd"):
         log.info("submitted %s", "fal-ai/flux/schnell")
@@ -45,7 +45,7 @@ def test_lines_inside_a_job_context_carry_its_identity_and_lines_outside_do_not(
     before, submitted, library, after = lines(stream)
     assert submitted["message"] == "submitted fal-ai/flux/schnell"
     assert submitted["level"] == "INFO"
-    assert submitted["logger"] == "genrelay.consumer.jobs"
+    assert submitted["logger"] == "genrelay.consumer.dispatch.jobs"
     for line in (submitted, library):
         assert line["idempotency_key"] == "order-42/hero"
         assert line["request_id"] == "req-1"
@@ -58,7 +58,7 @@ def test_lines_inside_a_job_context_carry_its_identity_and_lines_outside_do_not(
 
 
 async def test_concurrent_jobs_each_log_their_own_key(stream: io.StringIO) -> None:
-    log = logging.getLogger("genrelay.consumer.jobs")
+    log = logging.getLogger("genrelay.consumer.dispatch.jobs")
     both_inside = asyncio.Barrier(2)
 
     async def job(key: str) -> None:
@@ -75,7 +75,7 @@ async def test_concurrent_jobs_each_log_their_own_key(stream: io.StringIO) -> No
 
 
 def test_secrets_are_redacted_wherever_they_appear(stream: io.StringIO) -> None:
-    log = logging.getLogger("genrelay.consumer.fal")
+    log = logging.getLogger("genrelay.consumer.provider.fal")
     log.warning("posting with Authorization: Key %s", FAL_KEY)
     log.info("config %r", {"s3_secret_key": S3_SECRET})
     log.info("signed url https://s3/x?sig=wJalr%2FXUtnFEMI%2BK7MDENG")

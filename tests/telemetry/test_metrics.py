@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from genrelay.consumer.metrics import GaugeSources, RelayMetrics, Resolution
+from genrelay.consumer.service.metrics import GaugeSources, RelayMetrics, Resolution
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ENDPOINT = "fal-ai/flux/schnell"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from genrelay.consumer.recent_outcomes import RateWindow, RecentOutcomes
+from genrelay.consumer.events.recent_outcomes import RateWindow, RecentOutcomes
 from genrelay.schemas.completions import CompletionEvent
 
 

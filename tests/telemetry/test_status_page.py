@@ -16,8 +16,8 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 
-from genrelay.consumer.recent_outcomes import Outcome
-from genrelay.consumer.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.events.recent_outcomes import Outcome
+from genrelay.consumer.service.status_page import StatusSnapshot, status_routes
 
 FINISHED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 SNAPSHOT = StatusSnapshot(

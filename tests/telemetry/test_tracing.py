@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 
-from genrelay.consumer.telemetry import (
+from genrelay.consumer.service.telemetry import (
     Step,
     context_from_traceparent,
     extract_context,

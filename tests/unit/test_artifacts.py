@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from genrelay.consumer.artifacts import (
+from genrelay.consumer.artifacts.files import (
     DownloadedFile,
     Downloader,
     DownloadPolicy,
@@ -26,7 +26,7 @@ from genrelay.consumer.artifacts import (
     walk_files,
 )
 from genrelay.consumer.errors import ClosedError, DownloadFailed, DownloadRefused, UrlExpired
-from genrelay.consumer.provider import JSON
+from genrelay.consumer.provider.provider import JSON
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()

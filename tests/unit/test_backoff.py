@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from genrelay.consumer.backoff import Pacer, jittered, retry_after
+from genrelay.consumer.dispatch.backoff import Pacer, jittered, retry_after
 
 
 @pytest.mark.parametrize(

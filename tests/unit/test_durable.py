@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError, LeaderNotAvailableError, UnsupportedVersionError
 
-from genrelay.consumer import durable
-from genrelay.consumer.durable import send_durably
+from genrelay.consumer.ledger import durable
+from genrelay.consumer.ledger.durable import send_durably
 
 
 class FlakyProducer:

@@ -21,8 +21,8 @@ from genrelay.consumer.errors import (
     ResultExpired,
     WebhookRejected,
 )
-from genrelay.consumer.fal import FalProvider, app_path, parse_webhook, request_urls
-from genrelay.consumer.provider import CancelOutcome, JobState, Priority, Submission
+from genrelay.consumer.provider.fal import FalProvider, app_path, parse_webhook, request_urls
+from genrelay.consumer.provider.provider import CancelOutcome, JobState, Priority, Submission
 
 BASE = "http://127.0.0.1:8000"
 ENDPOINT = "fal-ai/flux/dev"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from genrelay.consumer.health import Readiness, address_of
+from genrelay.consumer.service.health import Readiness, address_of
 from genrelay.deploy.local.processes import free_port
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from genrelay.consumer.http_transport import pooled_client
+from genrelay.consumer.provider.http_transport import pooled_client
 from genrelay.deploy.local.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

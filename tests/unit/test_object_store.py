@@ -9,8 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from genrelay.consumer.artifacts.object_store import (
+    MemoryStore,
+    MinioStore,
+    ObjectStore,
+    StoredObject,
+)
 from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError
-from genrelay.consumer.object_store import MemoryStore, MinioStore, ObjectStore, StoredObject
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()

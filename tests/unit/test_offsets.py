@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genrelay.consumer.offsets import PartitionOffsets
+from genrelay.consumer.intake.offsets import PartitionOffsets
 
 
 def test_nothing_finished_means_nothing_to_commit() -> None:

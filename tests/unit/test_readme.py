@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 from opentelemetry.trace import NoOpTracer
 
-from genrelay.consumer.artifacts import DownloadedFile, Downloader, FileRef
-from genrelay.consumer.metrics import RelayMetrics
-from genrelay.consumer.object_store import MemoryStore
-from genrelay.consumer.results import ResultFiles
+from genrelay.consumer.artifacts.files import DownloadedFile, Downloader, FileRef
+from genrelay.consumer.artifacts.object_store import MemoryStore
+from genrelay.consumer.artifacts.results import ResultFiles
+from genrelay.consumer.service.metrics import RelayMetrics
 from genrelay.schemas.ledger import LedgerRecord, Phase
 
 PNG = b"\x89PNG\r\n"

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from genrelay.consumer.provider import Priority
-from genrelay.consumer.slots import Slots
+from genrelay.consumer.dispatch.slots import Slots
+from genrelay.consumer.provider.provider import Priority
 
 
 async def _started(task: asyncio.Task[None]) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from genrelay.consumer.errors import KeysUnavailable, RejectReason, WebhookRejected
-from genrelay.consumer.webhook_signature import (
+from genrelay.consumer.provider.webhook_signature import (
     ATTEMPT_PARAM,
     KEY_PARAM,
     TOKEN_PARAM,

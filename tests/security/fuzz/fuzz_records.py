@@ -22,7 +22,7 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 
-from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
+from genrelay.consumer.intake.intake import Command, Refuse, Rekey, SourceRecord, classify
 from genrelay.schemas.base import canonical_json, to_json_bytes
 from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.generate import JSON_DIR

@@ -34,8 +34,8 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from genrelay.consumer import failpoints
 from genrelay.consumer.errors import Fenced, RecordTooLarge
+from genrelay.consumer.service import failpoints
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-from genrelay.consumer.provider import Priority
+from genrelay.consumer.provider.provider import Priority
 
 _RANK = {Priority.NORMAL: 0, Priority.LOW: 1}
 

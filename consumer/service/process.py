@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from genrelay.consumer.config import Settings
-from genrelay.consumer.logs import configure_logging
-from genrelay.consumer.relay import Relay
+from genrelay.consumer.service.config import Settings
+from genrelay.consumer.service.logs import configure_logging
+from genrelay.consumer.service.relay import Relay
 
 
 async def run_relay() -> int:

@@ -33,31 +33,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.artifacts import Downloader, DownloadPolicy
-from genrelay.consumer.config import RECORD_HEADROOM, Settings
+from genrelay.consumer.artifacts.files import Downloader, DownloadPolicy
+from genrelay.consumer.artifacts.object_store import MinioStore
+from genrelay.consumer.artifacts.results import ResultFiles
+from genrelay.consumer.dispatch.jobs import Jobs, Timing
+from genrelay.consumer.dispatch.partitions import Ownership, OwnershipConfig
+from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.errors import Fenced
-from genrelay.consumer.events import KafkaPublisher
-from genrelay.consumer.fal import FalProvider
-from genrelay.consumer.health import Readiness, address_of
-from genrelay.consumer.http_transport import pooled_client
-from genrelay.consumer.intake import Command, Refuse, Rekey, SourceRecord, classify
-from genrelay.consumer.jobs import Jobs, Timing
-from genrelay.consumer.ledger import Ledger, RestoreStats
-from genrelay.consumer.metrics import GaugeSources, RelayMetrics, Resolution
-from genrelay.consumer.object_store import MinioStore
-from genrelay.consumer.offsets import PartitionOffsets
-from genrelay.consumer.openapi import openapi_route
-from genrelay.consumer.partition_writer import Outgoing, Writers
-from genrelay.consumer.partitions import Ownership, OwnershipConfig
-from genrelay.consumer.recent_outcomes import RecentOutcomes
-from genrelay.consumer.results import ResultFiles
-from genrelay.consumer.slots import Slots
-from genrelay.consumer.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.events.publisher import KafkaPublisher
+from genrelay.consumer.events.recent_outcomes import RecentOutcomes
+from genrelay.consumer.intake.intake import Command, Refuse, Rekey, SourceRecord, classify
+from genrelay.consumer.intake.offsets import PartitionOffsets
+from genrelay.consumer.ledger.ledger import Ledger, RestoreStats
+from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
+from genrelay.consumer.provider.fal import FalProvider
+from genrelay.consumer.provider.http_transport import pooled_client
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
+from genrelay.consumer.provider.webhook_signature import JwksCache, WebhookToken
+from genrelay.consumer.service.config import RECORD_HEADROOM, Settings
+from genrelay.consumer.service.health import Readiness, address_of
+from genrelay.consumer.service.metrics import GaugeSources, RelayMetrics, Resolution
+from genrelay.consumer.service.openapi import openapi_route
+from genrelay.consumer.service.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.service.telemetry import setup_tracing
+from genrelay.consumer.service.topics import ensure_topics
 from genrelay.consumer.steps import Observers, Steps, to_job
-from genrelay.consumer.telemetry import setup_tracing
-from genrelay.consumer.topics import ensure_topics
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
-from genrelay.consumer.webhook_signature import JwksCache, WebhookToken
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.ledger import ProviderJob

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from genrelay.consumer import failpoints
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.backoff import Pacer, jittered
+from genrelay.consumer.dispatch.backoff import Pacer, jittered
+from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.errors import Fenced, RecordTooLarge
-from genrelay.consumer.intake import SourceRecord
-from genrelay.consumer.ledger import Ledger
-from genrelay.consumer.logs import job_context
-from genrelay.consumer.partition_writer import Outgoing
-from genrelay.consumer.provider import Priority
-from genrelay.consumer.slots import Slots
+from genrelay.consumer.intake.intake import SourceRecord
+from genrelay.consumer.ledger.ledger import Ledger
+from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.consumer.provider.provider import Priority
+from genrelay.consumer.service import failpoints
+from genrelay.consumer.service.logs import job_context
+from genrelay.consumer.service.telemetry import job_span, trace_id_of, traceparent_of
 from genrelay.consumer.steps import Observers, Steps, StillRunning, Throttled
-from genrelay.consumer.telemetry import job_span, trace_id_of, traceparent_of
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
 

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
-from genrelay.consumer.durable import send_durably
-from genrelay.consumer.intake import SourceRecord
-from genrelay.consumer.metrics import RelayMetrics
-from genrelay.consumer.partition_writer import Outgoing, Writers
-from genrelay.consumer.provider import JobState
+from genrelay.consumer.intake.intake import SourceRecord
+from genrelay.consumer.ledger.durable import send_durably
+from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
+from genrelay.consumer.provider.provider import JobState
+from genrelay.consumer.service.metrics import RelayMetrics
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import CompletionEvent
 from genrelay.schemas.dead_letter import (

@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genrelay.consumer.errors import KeysUnavailable, RejectReason, WebhookRejected
-from genrelay.consumer.fal import parse_webhook
-from genrelay.consumer.webhook_signature import (
+from genrelay.consumer.provider.fal import parse_webhook
+from genrelay.consumer.provider.webhook_signature import (
     ATTEMPT_PARAM,
     KEY_PARAM,
     TOKEN_PARAM,

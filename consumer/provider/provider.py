@@ -1,6 +1,6 @@
 """The inference provider as the core sees it: values and a small Protocol, no fal specifics.
 
-An adapter (``genrelay.consumer.fal``) implements ``Provider`` and raises only the
+An adapter (``genrelay.consumer.provider.fal``) implements ``Provider`` and raises only the
 ``ProviderError`` family from ``genrelay.consumer.errors``.
 """
 

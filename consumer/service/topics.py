@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from genrelay.consumer.config import Settings
+from genrelay.consumer.service.config import Settings
 
 _MAX_MESSAGE = "max.message.bytes"
 _KAFKA_DEFAULT = 1024 * 1024 + 12

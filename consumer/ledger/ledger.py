@@ -22,8 +22,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from genrelay.consumer.partition_writer import Outgoing, Writers
-from genrelay.consumer.state_store import PartitionStore, StoredState
+from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
+from genrelay.consumer.ledger.state_store import PartitionStore, StoredState
 from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord
 
 log = logging.getLogger(__name__)

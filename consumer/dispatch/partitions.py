@@ -22,12 +22,12 @@ from enum import Enum
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from genrelay.consumer.jobs import Jobs
-from genrelay.consumer.ledger import Ledger, RestoreStats
-from genrelay.consumer.metrics import RelayMetrics
-from genrelay.consumer.offsets import PartitionOffsets
-from genrelay.consumer.partition_writer import PartitionWriter, Writers
-from genrelay.consumer.topics import TopicLayoutError
+from genrelay.consumer.dispatch.jobs import Jobs
+from genrelay.consumer.intake.offsets import PartitionOffsets
+from genrelay.consumer.ledger.ledger import Ledger, RestoreStats
+from genrelay.consumer.ledger.partition_writer import PartitionWriter, Writers
+from genrelay.consumer.service.metrics import RelayMetrics
+from genrelay.consumer.service.topics import TopicLayoutError
 from genrelay.schemas.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from genrelay.consumer.recent_outcomes import Outcome
+from genrelay.consumer.events.recent_outcomes import Outcome
 
 STATUS_PATH = "/status"
 STATUS_JSON_PATH = "/status.json"
@@ -65,7 +65,9 @@ SnapshotSource = Callable[[], StatusSnapshot]
 
 def status_routes(snapshot: SnapshotSource) -> list[Route]:
     """The routes of the status page, reading the relay's state through `snapshot`."""
-    page = files("genrelay.consumer").joinpath("status_page.html").read_text(encoding="utf-8")
+    page = (
+        files("genrelay.consumer.service").joinpath("status_page.html").read_text(encoding="utf-8")
+    )
 
     # Async endpoints on purpose: the snapshot reads the relay's state, which only the event
     # loop's thread may touch; Starlette would run a sync endpoint in a worker thread.

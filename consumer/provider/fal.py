@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from genrelay import __version__
-from genrelay.consumer.backoff import retry_after
+from genrelay.consumer.dispatch.backoff import retry_after
 from genrelay.consumer.errors import (
     ClosedError,
     InvalidEndpoint,
@@ -39,7 +39,7 @@ from genrelay.consumer.errors import (
     ResultExpired,
     WebhookRejected,
 )
-from genrelay.consumer.provider import (
+from genrelay.consumer.provider.provider import (
     JSON,
     CancelOutcome,
     ErrorInfo,

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from genrelay.consumer.backoff import jittered, retry_after
+from genrelay.consumer.dispatch.backoff import jittered, retry_after
 from genrelay.consumer.errors import (
     ClosedError,
     DownloadFailed,
@@ -35,7 +35,7 @@ from genrelay.consumer.errors import (
     Unstorable,
     UrlExpired,
 )
-from genrelay.consumer.provider import JSON
+from genrelay.consumer.provider.provider import JSON
 
 logger = logging.getLogger(__name__)
 

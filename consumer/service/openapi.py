@@ -16,11 +16,9 @@ from starlette.routing import Route
 
 from genrelay import __version__
 from genrelay.consumer.errors import RejectReason
-from genrelay.consumer.fal import FalWebhookBody
-from genrelay.consumer.metrics import METRICS_PATH
-from genrelay.consumer.status_page import STATUS_JSON_PATH, STATUS_PATH
-from genrelay.consumer.webhook_receiver import WEBHOOK_PATH
-from genrelay.consumer.webhook_signature import (
+from genrelay.consumer.provider.fal import FalWebhookBody
+from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH
+from genrelay.consumer.provider.webhook_signature import (
     ATTEMPT_PARAM,
     KEY_PARAM,
     REQUEST_ID_HEADER,
@@ -29,6 +27,8 @@ from genrelay.consumer.webhook_signature import (
     TOKEN_PARAM,
     USER_ID_HEADER,
 )
+from genrelay.consumer.service.metrics import METRICS_PATH
+from genrelay.consumer.service.status_page import STATUS_JSON_PATH, STATUS_PATH
 from genrelay.schemas.fields import IdempotencyKey
 
 OPENAPI_PATH = "/openapi.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.artifacts import object_key
+from genrelay.consumer.artifacts.files import object_key
 from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.requests import (
     CancelRequest,

@@ -14,8 +14,7 @@ from urllib.parse import quote
 
 from opentelemetry.trace import Tracer
 
-from genrelay.consumer import failpoints
-from genrelay.consumer.artifacts import (
+from genrelay.consumer.artifacts.files import (
     Downloader,
     FileRef,
     file_extension,
@@ -23,9 +22,10 @@ from genrelay.consumer.artifacts import (
     replace_files,
     walk_files,
 )
-from genrelay.consumer.metrics import RelayMetrics
-from genrelay.consumer.object_store import ObjectStore
-from genrelay.consumer.telemetry import Step, step_span
+from genrelay.consumer.artifacts.object_store import ObjectStore
+from genrelay.consumer.service import failpoints
+from genrelay.consumer.service.metrics import RelayMetrics
+from genrelay.consumer.service.telemetry import Step, step_span
 from genrelay.schemas.completions import Artifact
 from genrelay.schemas.ledger import LedgerRecord
 

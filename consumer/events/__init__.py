@@ -1,0 +1,3 @@
+"""Events: completion, progress and dead-letter records, and the recent outcomes the status page
+shows.
+"""

@@ -1,0 +1,3 @@
+"""Intake: a request record becomes a lifecycle command or a dead letter; which offsets may
+commit.
+"""
