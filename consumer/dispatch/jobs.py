@@ -15,14 +15,13 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.dispatch.backoff import Pacer, jittered
 from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.intake.intake import SourceRecord
-from genrelay.consumer.ledger.ledger import Ledger
 from genrelay.consumer.ledger.partition_writer import Outgoing
 from genrelay.consumer.provider.provider import Priority
 from genrelay.consumer.service import failpoints
@@ -31,6 +30,22 @@ from genrelay.consumer.service.telemetry import job_span, trace_id_of, tracepare
 from genrelay.consumer.steps import Observers, Steps, StillRunning, Throttled
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
+
+
+class KeyStates(Protocol):
+    """Where the keys' states are committed: the ledger (or, in tests, a fake of it)."""
+
+    def get(self, key: str) -> LedgerRecord | None: ...
+
+    def keys_in(self, partition: int) -> list[str]:
+        """The open keys of a partition."""
+        ...
+
+    async def write(
+        self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
+    ) -> None:
+        """Commit the state (with `also`, atomically); `Fenced` if no longer the owner."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,7 @@ class Jobs:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: KeyStates,
         steps: Steps,
         slots: Slots,
         observers: Observers,

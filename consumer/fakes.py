@@ -1,0 +1,159 @@
+"""In-memory stand-ins for the relay's collaborators, for fast tests of `Jobs` and `Steps`.
+
+Each fake keeps the contract of what it replaces (the same Protocol, the same errors) and
+records what was asked of it, so a test can run a key through its whole life in milliseconds
+and check what was paid for, written and announced. The real broker, MinIO and the emulator
+still test what only they can show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from genrelay.consumer.errors import NotFound
+from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.consumer.provider.provider import (
+    CancelOutcome,
+    JobResult,
+    JobState,
+    JobStatus,
+    JSONObject,
+    Priority,
+    Submission,
+)
+from genrelay.schemas.base import to_json_bytes
+from genrelay.schemas.completions import Artifact, CompletionEvent
+from genrelay.schemas.ledger import LedgerRecord, ProviderJob
+
+
+@dataclass
+class MemoryLedger:
+    """The part of `Ledger` that `Jobs` uses: every write is committed at once, in order."""
+
+    states: dict[str, LedgerRecord] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+    # Each committed write: the state and what was written with it in one transaction.
+    writes: list[tuple[LedgerRecord, tuple[Outgoing, ...]]] = field(default_factory=list)
+
+    def get(self, key: str) -> LedgerRecord | None:
+        return self.states.get(key)
+
+    def keys_in(self, partition: int) -> list[str]:
+        return [key for key, p in self.partitions.items() if p == partition]
+
+    async def write(
+        self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
+    ) -> None:
+        await asyncio.sleep(0)  # a commit is never synchronous
+        self.states[record.idempotency_key] = record
+        self.partitions[record.idempotency_key] = partition
+        self.writes.append((record, also))
+
+    def phases(self, key: str) -> list[str]:
+        """Every phase `key` was committed in, in order."""
+        return [r.phase.value for r, _ in self.writes if r.idempotency_key == key]
+
+
+# What a scripted provider call does: answer with a value, or raise.
+Answer = Callable[[], Any]
+
+
+@dataclass
+class FakeProvider:
+    """A provider whose answers a test scripts per call; unscripted calls succeed at once.
+
+    `submits` records every POST that left (each one is paid for); `statuses` every poll.
+    """
+
+    base_url: str = "http://fake.provider"
+    submit_answers: deque[Answer] = field(default_factory=deque)
+    status_answers: deque[Answer] = field(default_factory=deque)
+    result_answers: deque[Answer] = field(default_factory=deque)
+    submits: list[tuple[str, JSONObject, str | None]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def submission_for(self, endpoint: str, request_id: str) -> Submission:
+        url = f"{self.base_url}/{endpoint}/requests/{request_id}"
+        return Submission(request_id, request_id, f"{url}/status", url, f"{url}/cancel")
+
+    async def submit(
+        self, endpoint: str, input: JSONObject, *, webhook_url: str | None, priority: Priority
+    ) -> Submission:
+        await asyncio.sleep(0)
+        if self.submit_answers:
+            answer = self.submit_answers.popleft()()
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]
+        request_id = f"req-{next(self._ids)}"
+        self.submits.append((endpoint, input, webhook_url))
+        self.known.add(request_id)
+        return self.submission_for(endpoint, request_id)
+
+    async def status(self, submission: Submission, *, with_logs: bool = False) -> JobStatus:
+        await asyncio.sleep(0)
+        self.statuses.append(submission.request_id)
+        if self.status_answers:
+            return self.status_answers.popleft()()  # type: ignore[no-any-return]
+        if submission.request_id not in self.known:
+            raise NotFound(f"unknown request {submission.request_id}")
+        return JobStatus(JobState.COMPLETED)
+
+    async def result(self, submission: Submission) -> JobResult:
+        await asyncio.sleep(0)
+        if self.result_answers:
+            return self.result_answers.popleft()()  # type: ignore[no-any-return]
+        return JobResult(ok=True, payload={"images": []}, error=None)
+
+    async def cancel(self, submission: Submission) -> CancelOutcome:
+        self.cancels.append(submission.request_id)
+        return CancelOutcome.REQUESTED
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class MemoryPublisher:
+    """The event bus: completions, progress and conflicts, kept in lists."""
+
+    completions: list[CompletionEvent] = field(default_factory=list)
+    progress_events: list[tuple[str, JobState]] = field(default_factory=list)
+    conflicts: list[Any] = field(default_factory=list)
+
+    def completion_record(self, event: CompletionEvent) -> Outgoing:
+        self.completions.append(event)  # announced once its transaction commits
+        return Outgoing("completions", to_json_bytes(event), event.idempotency_key.encode())
+
+    async def completion(self, event: CompletionEvent, partition: int) -> None:
+        self.completions.append(event)
+
+    async def progress(
+        self, key: str, job: ProviderJob, state: JobState, position: int | None, partition: int
+    ) -> None:
+        self.progress_events.append((key, state))
+
+    async def conflict(self, source: Any, partition: int) -> None:
+        self.conflicts.append(source)
+
+
+@dataclass
+class FakeFiles:
+    """A `FileStorer` whose answers a test scripts; by default every result has no files."""
+
+    answers: deque[Answer] = field(default_factory=deque)
+    stored: list[str] = field(default_factory=list)
+
+    async def store(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]:
+        await asyncio.sleep(0)
+        if self.answers:
+            self.answers.popleft()()
+        self.stored.append(record.idempotency_key)
+        return (), record.result

@@ -1,0 +1,205 @@
+"""`Jobs` and `Steps` against in-package fakes: whole lives of keys in milliseconds.
+
+The same rules are proven on the real broker, MinIO and emulator elsewhere; here the
+schedules that are hard to arrange there (a cancel while a key waits for a slot, a provider
+that cannot say whose request a webhook names, a poll answered 429) run exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import NoOpTracer
+
+from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.dispatch.jobs import Jobs, Timing
+from genrelay.consumer.dispatch.slots import Slots
+from genrelay.consumer.errors import (
+    MaybeSent,
+    NotSent,
+    ProviderError,
+    RateLimited,
+    StoreError,
+)
+from genrelay.consumer.events.recent_outcomes import RecentOutcomes
+from genrelay.consumer.fakes import FakeFiles, FakeProvider, MemoryLedger, MemoryPublisher
+from genrelay.consumer.provider.provider import JobState, JobStatus
+from genrelay.consumer.service.metrics import RelayMetrics
+from genrelay.consumer.steps import Observers, Steps
+from genrelay.schemas.ledger import Phase, ProviderJob
+from tests.waiting import eventually
+
+ENDPOINT = "fal-ai/flux/schnell"
+
+
+@dataclass
+class World:
+    jobs: Jobs
+    ledger: MemoryLedger
+    provider: FakeProvider
+    publisher: MemoryPublisher
+    files: FakeFiles
+    slots: Slots
+    crashes: list[BaseException]
+
+    def submit(self, key: str, **fields: Any) -> None:
+        request = {"idempotency_key": key, "endpoint": ENDPOINT, "input": {"p": key}, **fields}
+        self.jobs.deliver(key, 0, lc.SubmitCommand(request, f"fp-{key}", ENDPOINT))
+
+    def events(self, key: str) -> list[str]:
+        return [e.status for e in self.publisher.completions if e.idempotency_key == key]
+
+
+@asynccontextmanager
+async def world(
+    *, slots: int = 10, policy: lc.Policy | None = None, **timing: float
+) -> AsyncIterator[World]:
+    ledger, provider, publisher, files = (
+        MemoryLedger(),
+        FakeProvider(),
+        MemoryPublisher(),
+        FakeFiles(),
+    )
+    metrics = RelayMetrics()
+    observers = Observers(NoOpTracer(), metrics, RecentOutcomes())
+    crashes: list[BaseException] = []
+    quick: dict[str, float] = {"poll_grace": 0.01, "poll_max_interval": 0.05, "unknown_grace": 60}
+    settings = Timing(**{**quick, "retry_base": 0.01, "retry_max": 0.05, **timing})
+    jobs: Jobs
+    steps = Steps(
+        provider=provider,
+        files=files,
+        publisher=publisher,
+        webhook_url=lambda key, attempt: f"http://relay/webhooks/fal?key={key}&attempt={attempt}",
+        observers=observers,
+        backoff=lambda attempt: jobs.backoff(attempt),
+    )
+    shared = Slots(slots, slots)
+    jobs = Jobs(
+        ledger=ledger,
+        steps=steps,
+        slots=shared,
+        observers=observers,
+        group_id="g",
+        policy=policy or lc.Policy(),
+        timing=settings,
+        on_crash=crashes.append,
+    )
+    try:
+        yield World(jobs, ledger, provider, publisher, files, shared, crashes)
+    finally:
+        await jobs.release({0}, grace=0.1)
+        metrics.shutdown()
+    assert crashes == []
+
+
+def raising(error: Exception) -> Callable[[], Any]:
+    def answer() -> Any:
+        raise error
+
+    return answer
+
+
+async def test_a_key_runs_its_whole_life_and_is_paid_once() -> None:
+    async with world() as w:
+        w.submit("a")
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=5)
+    assert len(w.provider.submits) == 1
+    assert w.ledger.phases("a")[0] == "SUBMITTING"  # a free slot: no ACCEPTED write first
+
+
+async def test_a_cancel_while_waiting_for_a_slot_ends_the_key_without_a_post() -> None:
+    async with world(slots=1, poll_grace=60) as w:
+        w.submit("running")
+        await eventually(lambda: len(w.provider.submits) == 1, timeout=5)
+        w.submit("waiting")
+        await eventually(lambda: w.ledger.phases("waiting") == ["ACCEPTED"], timeout=5)
+        w.jobs.deliver("waiting", 0, lc.CancelCommand())
+        await eventually(lambda: w.events("waiting") == ["cancelled"], timeout=5)
+        assert len(w.provider.submits) == 1
+        assert w.slots.waiting == 0  # its place in the queue was given up
+
+
+async def test_a_cancel_during_a_not_sent_back_off_ends_the_key_without_a_post() -> None:
+    async with world(retry_base=30, retry_max=30) as w:
+        w.provider.submit_answers.append(raising(NotSent("429", retry_after=30.0)))
+        w.submit("storm")
+        await eventually(lambda: "SUBMITTING" in w.ledger.phases("storm")[1:], timeout=5)
+        w.jobs.deliver("storm", 0, lc.CancelCommand())
+        await eventually(lambda: w.events("storm") == ["cancelled"], timeout=5)
+    assert w.provider.submits == []
+
+
+async def test_a_webhook_the_provider_cannot_vouch_for_yet_is_asked_about_again() -> None:
+    async with world() as w:
+        # The submit's answer is lost: the key is UNKNOWN, its request id known only to fal.
+        w.provider.submit_answers.append(raising(MaybeSent("reset after sending")))
+        w.submit("lost")
+        await eventually(lambda: w.ledger.phases("lost")[-1:] == ["UNKNOWN"], timeout=5)
+        w.provider.known.add("req-fal")
+        # The first confirmation cannot reach fal, the second finds the request: adopted.
+        w.provider.status_answers.append(raising(ProviderError("502 from the gateway")))
+        job = lc.News(
+            request_id="req-fal",
+            ok=True,
+            payload={"images": []},
+            job=ProviderJob(
+                request_id="req-fal",
+                status_url="http://fake.provider/s",
+                response_url="http://fake.provider/r",
+                cancel_url="http://fake.provider/c",
+            ),
+            via="webhook",
+            attempt=1,
+        )
+        w.jobs.deliver("lost", 0, job)
+        await eventually(lambda: w.events("lost") == ["succeeded"], timeout=5)
+        record = w.ledger.get("lost")
+        assert record is not None
+        assert record.adopted
+        assert w.provider.statuses.count("req-fal") == 2
+
+
+async def test_a_poll_answered_429_waits_at_least_its_retry_after() -> None:
+    async with world(poll_grace=0.01) as w:
+        still = JobStatus(JobState.IN_QUEUE)
+        w.provider.status_answers.extend(
+            [raising(RateLimited("429", retry_after=0.3)), lambda: still]
+        )
+        w.submit("busy")
+        await eventually(lambda: len(w.provider.statuses) == 1, timeout=5)
+        throttled_at = time.monotonic()
+        await eventually(lambda: len(w.provider.statuses) == 2, timeout=5)
+        assert time.monotonic() - throttled_at >= 0.3
+        await eventually(lambda: w.events("busy") == ["succeeded"], timeout=5)
+        # Back-pressure is not a failure: it spent nothing of the poll's budget.
+        assert all(r.step_failures == 0 for r, _ in w.ledger.writes)
+
+
+async def test_a_store_that_keeps_failing_ends_the_key_once_its_budget_is_spent() -> None:
+    async with world(policy=lc.Policy(max_step_failures=3)) as w:
+        w.files.answers.extend(raising(StoreError("SlowDown")) for _ in range(5))
+        w.submit("full")
+        await eventually(lambda: w.events("full") == ["failed"], timeout=5)
+        record = w.ledger.get("full")
+        assert record is not None
+        assert record.phase is Phase.FAILED
+        assert record.last_error is not None
+        assert record.last_error.type == "store_failed"
+        assert w.slots.used == 0  # the slot went back with the key's end
+
+
+async def test_every_key_of_a_burst_is_polled_no_faster_than_the_poll_rate() -> None:
+    async with world(slots=200, poll_grace=0.01, poll_rate=100.0) as w:
+        w.provider.status_answers.extend(lambda: JobStatus(JobState.IN_QUEUE) for _ in range(150))
+        started = time.monotonic()
+        for n in range(150):
+            w.submit(f"k{n}")
+        await eventually(lambda: len(w.provider.statuses) >= 150, timeout=10)
+        # 150 polls at 100/s after a one-second burst (about 100 at once): the other 49 are
+        # spaced 10 ms apart, so the last cannot go sooner than 0.48 s in.
+        assert time.monotonic() - started >= 0.48
