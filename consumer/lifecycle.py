@@ -12,6 +12,7 @@ a table of cases, and a property test can run any sequence of events through it.
                                                              '--unresolved--> FAILED | resubmit
     SUBMITTED --news ok--> RESULT_READY
     RESULT_READY --files stored--> STORED --published--> COMPLETED
+      (a result too large for the ledger stays at the provider; storing fetches it again)
     any open phase --news error--> FAILED | CANCELLED;  result gone --> EXPIRED
     a step (poll, fetch, store) failing past its budget or deadline --> FAILED
 
@@ -335,6 +336,11 @@ _KEPT_METADATA_BYTES = 16 * 1024
 
 
 def _too_large(record: LedgerRecord, error: ErrorDetail, now: datetime) -> Decision:
+    if record.phase is Phase.RESULT_READY and record.result is not None:
+        # A result too large for a ledger record (inline files, say) stays where it is, at
+        # the provider: storing the files fetches it again, and the event names the copies.
+        kept_there = record.model_copy(update={"result": None, "updated_at": now})
+        return Decision(kept_there, (StoreFiles(),))
     # Whatever made it large (the input, the result, inline data) is dropped; the fingerprint
     # stays, so duplicates are still recognised, and the event says what happened.
     request = {k: v for k, v in record.request.items() if k not in ("input", "metadata")}

@@ -235,7 +235,17 @@ class Steps:
         )
 
     async def store(self, record: LedgerRecord) -> lc.Event:
-        """Copy every output file into the object store."""
+        """Copy every output file into the object store (fetching the result first when it
+        was too large to keep in the ledger)."""
+        if record.result is None and record.job is not None:
+            fetched = await self.fetch(record)
+            if not isinstance(fetched, lc.ResultFetched):
+                return fetched
+            if not fetched.ok:
+                # It read as a success before: what is missing now is the output.
+                gone = ErrorDetail(type="output_expired", message="result gone", retryable=False)
+                return lc.ResultGone(gone)
+            record = record.model_copy(update={"result": fetched.payload})
         try:
             artifacts, result = await self._files.store(record)
         except UrlExpired as exc:

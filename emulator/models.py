@@ -2,7 +2,8 @@
 files each request produces, and the output JSON in fal's shapes (fal-api.md §6).
 
 - Text to image (`fal-ai/flux/schnell` and friends): `{"images": [File + width/height],
-  "timings", "seed", "has_nsfw_concepts", "prompt"}`. A prompt containing the word `nsfw` is
+  "timings", "seed", "has_nsfw_concepts", "prompt"}`. With `sync_mode: true` each file's
+  `url` is a `data:` URI holding the image itself, as fal's flux endpoints answer. A prompt containing the word `nsfw` is
   "flagged": a black image and `has_nsfw_concepts: [true]`, like fal's safety checker.
 - Video (`fal-ai/fake-video`): `{"video": File, "seed"}`.
 - Video by URL (`fal-ai/fake-video-url`): `{"video_url": "https://…", "seed"}`, the shape of
@@ -66,6 +67,8 @@ class Plan:
 
     files: tuple[FileSpec, ...]
     shape: OutputShape
+    # `sync_mode`: the files come back inline, as data URIs, instead of as CDN URLs.
+    inline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,15 @@ class _Fields:
     def optional_integer(self, name: str, default: int, low: int, high: int | None) -> int:
         return self.integer((name,), self.arguments, default, low, high)
 
+    def optional_bool(self, name: str, default: bool) -> bool:
+        value = self.arguments.get(name, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._error((name,), "value could not be parsed to a boolean", "type_error.bool")
+            return default
+        return value
+
     def _limit(self, loc: tuple[str, ...], words: str, code: str, limit: int) -> None:
         msg = f"ensure this value is {words} {limit}"
         self._error(loc, msg, f"value_error.number.{code}", {"limit_value": limit})
@@ -182,13 +194,14 @@ class TextToImage:
         prompt = fields.required_str("prompt")
         seed = fields.optional_integer("seed", default_seed, 0, None)
         count = fields.optional_integer("num_images", 1, 1, _MAX_IMAGES)
+        inline = fields.optional_bool("sync_mode", False)
         width, height = self._size(fields)
         if fields.errors:
             return Invalid(fields.errors)
         nsfw = bool(_NSFW.search(prompt))
         files = tuple(ImageSpec(prompt, seed, width, height, i, nsfw) for i in range(count))
         shape = ImagesShape(seed, prompt, (nsfw,) * count, ((width, height),) * count)
-        return Plan(files, shape)
+        return Plan(files, shape, inline)
 
     def _size(self, fields: _Fields) -> tuple[int, int]:
         """`image_size` (a preset name or `{width, height}`), overridden by top-level sizes."""

@@ -15,6 +15,7 @@ task, so the number of tasks follows the configured concurrency, not the backlog
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -227,6 +228,11 @@ class Scheduler:
         stored: list[StoredFile] = []
         for index, spec in enumerate(plan.files):
             name = f"{'video' if spec.extension == 'mp4' else 'image'}_{index}.{spec.extension}"
+            if plan.inline:
+                data = await deps.files.cache.get(spec)
+                url = f"data:{spec.content_type};base64,{base64.b64encode(data).decode()}"
+                stored.append(StoredFile(url, name, len(data), spec.content_type))
+                continue
             entry = await deps.files.add(spec, name, lifetime)
             url = f"{base}/files/{entry.token}/{entry.name}"
             stored.append(StoredFile(url, entry.name, entry.size, entry.content_type))

@@ -14,6 +14,7 @@ checked address), redirects followed by hand and re-checked, a size cap, no cred
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 import logging
@@ -23,7 +24,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Self, TypeAlias
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import httpx
 
@@ -121,9 +122,10 @@ def _walk(node: JSON, path: FilePath, refs: list[FileRef], hosts: Sequence[str])
 
 
 def _is_file(node: dict[str, JSON]) -> bool:
-    # data: URLs already hold their bytes inline; nothing to copy before they expire.
+    # A data: URL holds the file itself (fal's `sync_mode`): stored like any other file, so
+    # neither the ledger nor the event carries megabytes of base64.
     url = node.get("url")
-    return isinstance(url, str) and url.lower().startswith(("https://", "http://"))
+    return isinstance(url, str) and url.lower().startswith(("https://", "http://", "data:"))
 
 
 def _is_file_url(text: str, hosts: Sequence[str]) -> bool:
@@ -299,6 +301,8 @@ class Downloader:
             raise ClosedError("Downloader is closed")
         if ref.file_size is not None and ref.file_size > self._policy.max_bytes:
             raise DownloadRefused(f"{ref.file_size} bytes is over the {self._policy.max_bytes} cap")
+        if ref.url[:5].lower() == "data:":
+            return self._inline(ref)
         attempt = 1
         while True:
             try:
@@ -411,6 +415,34 @@ class Downloader:
             size=size,
             sha256=digest.hexdigest(),
             content_type=_content_type(response, ref),
+        )
+
+    def _inline(self, ref: FileRef) -> DownloadedFile:
+        """A data: URL's bytes, checked like a download's (size cap, declared size)."""
+        header, comma, data = ref.url.partition(",")
+        if not comma:
+            raise DownloadRefused("a data: URL without data")
+        media_type, *params = header[5:].split(";")
+        try:
+            if "base64" in (p.strip().lower() for p in params):
+                content = base64.b64decode(data, validate=True)
+            else:
+                content = unquote_to_bytes(data)
+        except ValueError as exc:
+            raise DownloadRefused(f"an unreadable data: URL ({exc})") from exc
+        if len(content) > self._policy.max_bytes:
+            raise DownloadRefused(f"inline file of {len(content)} bytes is over the cap")
+        if ref.file_size is not None and len(content) != ref.file_size:
+            raise DownloadRefused(f"inline file of {len(content)} bytes, {ref.file_size} declared")
+        spool = tempfile.SpooledTemporaryFile(max_size=self._policy.spool_bytes)  # noqa: SIM115
+        spool.write(content)
+        spool.seek(0)
+        declared = _media_type(ref.content_type or "") or _media_type(media_type)
+        return DownloadedFile(
+            file=spool,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            content_type=declared or _GENERIC_TYPE,
         )
 
     def _backoff(self, attempt: int, later: float | None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -54,6 +55,19 @@ async def test_text_to_image_returns_fal_shape_and_real_pngs(client: httpx.Async
     assert image["file_size"] == len(data)
     assert picture.format == "PNG"
     assert picture.size == (96, 64)
+
+
+async def test_sync_mode_returns_the_images_inline_as_data_uris(client: httpx.AsyncClient) -> None:
+    body = {"prompt": "a red fox", "seed": 42, "image_size": {"width": 96, "height": 64}}
+    inline = (await generate(client, {**body, "sync_mode": True}))["images"][0]
+    served = (await generate(client, body))["images"][0]
+
+    prefix = "data:image/png;base64,"
+    assert inline["url"].startswith(prefix)
+    data = base64.b64decode(inline["url"][len(prefix) :])
+    assert data == await download(client, served["url"])
+    assert inline["file_size"] == len(data)
+    assert Image.open(io.BytesIO(data)).size == (96, 64)
 
 
 async def test_image_bytes_depend_on_prompt_seed_size_and_index(

@@ -84,3 +84,25 @@ def _key_on_partition_of(key: bytes, partitions: int) -> str:
     return next(
         f"later-{n}" for n in range(1000) if partition(f"later-{n}".encode()) == partition(key)
     )
+
+
+async def test_a_result_with_inline_files_too_large_for_the_ledger_is_stored_and_announced(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    # sync_mode: fal answers with the images themselves, as data: URIs (here about 120 KB,
+    # against records of at most 64 KiB).
+    settings = relay_settings(stack, emulator, max_record_bytes=64 * 1024)
+    inputs = {"prompt": "a cat", "num_images": 4, "image_size": "square_hd", "sync_mode": True}
+    record = submit_record("inline", "a cat", input=inputs)
+    async with running(settings):
+        await produce(stack.kafka_bootstrap, settings.topic_requests, [(b"inline", record)])
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: "inline" in completions_by_key(rs))
+    (event,) = completions_by_key(reader.records)["inline"]
+    assert event["status"] == "succeeded", event
+    assert len(event["artifacts"]) == 4
+    assert all(a["content_type"] == "image/png" and a["size"] > 0 for a in event["artifacts"])
+    # The event names the stored copies; no base64 is left in it.
+    assert all(image["object"].startswith("s3://") for image in event["result"]["images"])
+    assert "data:" not in str(event["result"])
+    assert len(emulator.submissions()) == 1

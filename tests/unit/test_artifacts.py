@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import posixpath
@@ -66,13 +67,17 @@ def test_walk_finds_every_file_object_in_any_shape() -> None:
         ("images", 1),
         ("video",),
         ("extra", "frames", 0, 0),
+        ("inline",),
     ]
     assert refs[0] == FileRef(("images", 0), "https://v3.fal.media/a.png", "image/png")
     assert (refs[1].file_name, refs[1].file_size) == ("b.jpeg", 10)
 
 
-def test_walk_leaves_inline_data_urls_alone() -> None:
-    assert all(not ref.url.startswith("data:") for ref in walk_files(OUTPUT))
+def test_walk_counts_inline_data_urls_as_files_to_store() -> None:
+    # fal's sync_mode answers with the image itself: stored like any file, so neither the
+    # ledger nor the event carries its base64.
+    (inline,) = [ref for ref in walk_files(OUTPUT) if ref.url.startswith("data:")]
+    assert inline.path == ("inline",)
 
 
 @pytest.mark.parametrize("output", [None, 3, "https://v3.fal.media/a.png", [], {}])
@@ -125,6 +130,7 @@ def test_replace_points_each_file_at_its_stored_copy_and_keeps_its_other_fields(
         ("images", 1): "s3://b/p/k/1.jpg",
         ("video",): "s3://b/p/k/2.mp4",
         ("extra", "frames", 0, 0): "s3://b/p/k/3.png",
+        ("inline",): "s3://b/p/k/4.png",
     }
     replaced = replace_files(OUTPUT, stored)
 
@@ -277,6 +283,32 @@ async def fetch(
 ) -> DownloadedFile:
     ref = FileRef(("images", 0), url, content_type=content_type, file_size=file_size)
     return await downloader.download(ref)
+
+
+async def test_an_inline_data_url_is_decoded_checked_and_hashed_without_any_request() -> None:
+    def nowhere(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("an inline file needs no request")
+
+    url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    downloaded = await fetch(downloader_for(nowhere), url, file_size=len(PNG))
+    assert (downloaded.size, downloaded.sha256, downloaded.content_type) == (
+        len(PNG),
+        PNG_SHA256,
+        "image/png",
+    )
+    assert downloaded.file.read() == PNG
+    downloaded.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["data:image/png;base64,not*base64", "data:image/png;base64", "data:;base64," + "QUFB" * 40],
+    ids=["bad-base64", "no-comma", "over-the-cap"],
+)
+async def test_an_unusable_inline_file_is_refused(url: str) -> None:
+    policy = DownloadPolicy(max_bytes=64)
+    with pytest.raises(DownloadRefused):
+        await fetch(downloader_for(Cdn(png()), policy), url)
 
 
 async def test_download_hashes_and_counts_while_streaming() -> None:

@@ -484,8 +484,24 @@ def test_expired_file_urls_are_refetched_then_the_key_expires() -> None:
     assert publish.event.artifacts == []
 
 
+def test_a_result_too_large_for_the_ledger_stays_at_the_provider_until_stored() -> None:
+    record, _ = step(submitted(), lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert record is not None
+    error = ErrorDetail(type="result_too_large", message="2 MB", retryable=False)
+    decision = lc.decide(record, lc.TooLarge(error), KEY, NOW)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.RESULT_READY
+    assert decision.record.result is None  # fetched again when its files are stored
+    assert decision.effects == (lc.StoreFiles(),)
+    # Stored, the event names the copies instead of carrying the inline data.
+    stored, decision = step(decision.record, lc.FilesStored((ARTIFACT,), {"images": []}))
+    assert stored is not None
+    assert stored.phase is Phase.STORED
+
+
 def test_a_state_too_large_to_store_ends_the_key_with_what_fits() -> None:
     record, _ = step(submitted(), lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    record, _ = step(record, lc.FilesStored((ARTIFACT,), {"huge": "text"}))
     assert record is not None
     error = ErrorDetail(type="result_too_large", message="2 MB", retryable=False)
     decision = lc.decide(record, lc.TooLarge(error), KEY, NOW)
