@@ -3,8 +3,9 @@ files each request produces, and the output JSON in fal's shapes (fal-api.md §6
 
 - Text to image (`fal-ai/flux/schnell` and friends): `{"images": [File + width/height],
   "timings", "seed", "has_nsfw_concepts", "prompt"}`. With `sync_mode: true` each file's
-  `url` is a `data:` URI holding the image itself, as fal's flux endpoints answer. A prompt containing the word `nsfw` is
-  "flagged": a black image and `has_nsfw_concepts: [true]`, like fal's safety checker.
+  `url` is a `data:` URI holding the image itself, as fal's flux endpoints answer. A prompt
+  containing the word `nsfw` is "flagged": a black image and `has_nsfw_concepts: [true]`,
+  like fal's safety checker.
 - Video (`fal-ai/fake-video`): `{"video": File, "seed"}`.
 - Video by URL (`fal-ai/fake-video-url`): `{"video_url": "https://…", "seed"}`, the shape of
   models that return a bare URL string instead of a `File`.
