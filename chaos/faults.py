@@ -136,6 +136,16 @@ class Injector:
             finally:
                 self.emulator.emulator.faults.disarm()
 
+    async def gateway_errors(self, count: int) -> None:
+        """The next `count` submits reach fal and are paid, then a gateway in front answers 504
+        without `x-fal-request-id` (they must be treated as ambiguous, never re-posted)."""
+        async with self.fault(f"{count} gateway 504s after forwarding", "provider"):
+            self.emulator.arm(gateway_error_submits=count)
+            await self.until(lambda: self._gateway_errors() >= count, timeout=120)
+
+    def _gateway_errors(self) -> int:
+        return int(self.emulator.stats()["gateway_error_submit_responses"])
+
     # --- network faults (Toxiproxy) -------------------------------------------------------
 
     async def toxic(self, proxy: ProxyName, toxic: Toxic, seconds: float) -> None:

@@ -162,6 +162,13 @@ async def _submit_cut(f: Injector, size: Size) -> None:
         await _pause(size.gap_s)
 
 
+async def _gateway_504(f: Injector, size: Size) -> None:
+    await f.produced(0.1)
+    # One submit in five, early in the load (the armed answers go to the next submits).
+    await f.gateway_errors(max(2, size.load.jobs // 5))
+    f.notes["gateway 504s"] = int(f.emulator.stats()["gateway_error_submit_responses"])
+
+
 async def _minio_slow(f: Injector, size: Size) -> None:
     await f.produced(0.1)
     slow = [Toxic.bandwidth(16, stream="upstream"), Toxic.latency(200, 100)]
@@ -294,6 +301,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         full=Size(_load(400, 48), cap_s=300, fault_s=3.0, repeat=6, gap_s=4.0),
         smoke=Size(_load(30, 8), cap_s=150, fault_s=2.0, repeat=3, gap_s=1.0),
         network=True,
+    ),
+    Scenario(
+        "gateway-504",
+        "A gateway in front of fal answers 504 (no x-fal-request-id) to submits fal already "
+        "accepted and billed: each is ambiguous, adopted from its webhook, never re-posted",
+        _gateway_504,
+        full=Size(_load(400, 40), cap_s=300, fault_s=0),
+        smoke=Size(_load(30, 6), cap_s=150, fault_s=0),
     ),
     Scenario(
         "minio-slow",

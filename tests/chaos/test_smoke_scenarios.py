@@ -69,6 +69,16 @@ async def test_cut_submit_answers_are_adopted_never_reposted(
     assert report.notes["provider submissions"] == report.jobs
 
 
+async def test_gateway_504s_after_forwarding_are_adopted_never_reposted(
+    local_stack: LocalStack, toxiproxy: Toxiproxy, workdir: Path
+) -> None:
+    report = await _smoke("gateway-504", Servers.borrow(local_stack), toxiproxy, workdir)
+    _kept_every_invariant(report)
+    assert report.failed == {}, report.details()
+    assert report.notes["gateway 504s"] == 6
+    assert report.notes["provider submissions"] == report.jobs
+
+
 async def test_a_paused_replica_that_wakes_up_after_its_partitions_moved_changes_nothing(
     local_stack: LocalStack, toxiproxy: Toxiproxy, workdir: Path
 ) -> None:
