@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail, Timings
 from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord, Phase, ProviderJob
+from genrelay.schemas.webhooks import WebhookDelivery
 
 _EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
 OPEN_PHASES = frozenset({Phase.ACCEPTED, Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
@@ -117,6 +118,25 @@ class News:
     # to be our fal account's (signed for the configured user id, or confirmed by asking).
     attempt: int | None = None
     account_confirmed: bool = False
+
+
+def webhook_news(delivery: WebhookDelivery, job: ProviderJob | None, account: str | None) -> News:
+    """What a verified webhook tells the key. `job` is the provider's handle for the request
+    it names; `account` our fal user id, when known (configured or learnt)."""
+    # A delivery with an error or without its output is a signal to fetch the result, whose
+    # status code and headers classify the outcome authoritatively.
+    usable = delivery.ok and delivery.payload_error is None and delivery.payload is not None
+    ours = delivery.user_id is not None and delivery.user_id == account
+    return News(
+        request_id=delivery.request_id,
+        ok=True,
+        payload=delivery.payload if usable else None,
+        gateway_request_id=delivery.gateway_request_id,
+        job=job,
+        via="webhook",
+        attempt=delivery.attempt,
+        account_confirmed=delivery.account_pinned or ours,
+    )
 
 
 @dataclass(frozen=True)

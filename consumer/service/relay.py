@@ -517,24 +517,9 @@ class Relay:
         job = None
         if record is not None and record.endpoint:
             job = to_job(self.provider.submission_for(record.endpoint, delivery.request_id))
-        # A delivery with an error or without its output is a signal to fetch the result,
-        # whose status code and headers classify the outcome authoritatively.
-        usable = delivery.ok and delivery.payload_error is None and delivery.payload is not None
         if record is not None and record.job is not None:
             self._learn_account(record.job, delivery)
-        confirmed = delivery.account_pinned or (
-            delivery.user_id is not None and delivery.user_id == self._account
-        )
-        news = lc.News(
-            request_id=delivery.request_id,
-            ok=True,
-            payload=delivery.payload if usable else None,
-            gateway_request_id=delivery.gateway_request_id,
-            job=job,
-            via="webhook",
-            attempt=delivery.attempt,
-            account_confirmed=confirmed,
-        )
+        news = lc.webhook_news(delivery, job, self._account)
         if record is not None and record.phase in lc.OPEN_PHASES:
             self.metrics.resolved(Resolution.WEBHOOK)
         self.jobs.deliver(key, source.partition, news, on_done=finished)

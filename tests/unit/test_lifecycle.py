@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from genrelay.consumer import lifecycle as lc
 from genrelay.schemas.completions import Artifact, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
+from genrelay.schemas.webhooks import WebhookDelivery
 
 KEY = "order-42/hero"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -514,3 +515,38 @@ def test_a_state_too_large_to_store_ends_the_key_with_what_fits() -> None:
     assert isinstance(publish, lc.Publish)
     assert publish.event.error == error
     assert publish.event.request_id == "req-1"
+
+
+def delivery(**fields: Any) -> WebhookDelivery:
+    values: dict[str, Any] = {
+        "idempotency_key": KEY,
+        "attempt": 1,
+        "user_id": "us",
+        "request_id": "req-1",
+        "ok": True,
+        "payload": OUTPUT,
+        "received_at": NOW,
+    }
+    return WebhookDelivery(**{**values, **fields})
+
+
+def test_a_webhook_is_news_of_its_attempt_vouched_for_only_by_our_account() -> None:
+    news = lc.webhook_news(delivery(), JOB, account="us")
+    assert (news.via, news.attempt, news.payload, news.account_confirmed) == (
+        "webhook",
+        1,
+        OUTPUT,
+        True,
+    )
+    assert not lc.webhook_news(delivery(user_id="them"), JOB, account="us").account_confirmed
+    assert not lc.webhook_news(delivery(), JOB, account=None).account_confirmed
+    pinned = delivery(user_id="us", account_pinned=True)
+    assert lc.webhook_news(pinned, JOB, account=None).account_confirmed
+
+
+def test_a_webhook_without_its_output_asks_for_the_result_to_be_fetched() -> None:
+    # fal could not serialise the output, or the job failed: the result's own answer decides.
+    for broken in (delivery(payload=None, payload_error="too big"), delivery(ok=False)):
+        news = lc.webhook_news(broken, JOB, account="us")
+        assert news.ok
+        assert news.payload is None
