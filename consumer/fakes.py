@@ -85,7 +85,13 @@ class FakeProvider:
         return Submission(request_id, request_id, f"{url}/status", url, f"{url}/cancel")
 
     async def submit(
-        self, endpoint: str, input: JSONObject, *, webhook_url: str | None, priority: Priority
+        self,
+        endpoint: str,
+        input: JSONObject,
+        *,
+        webhook_url: str | None,
+        priority: Priority,
+        start_timeout: float | None = None,
     ) -> Submission:
         await asyncio.sleep(0)
         if self.submit_answers:

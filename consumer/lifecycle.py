@@ -92,6 +92,11 @@ class SlotGranted:
 
 
 @dataclass(frozen=True)
+class DeadlinePassed:
+    """The request's deadline came while the key still waited for a slot."""
+
+
+@dataclass(frozen=True)
 class RetryDue:
     """The wait before re-posting a submit that provably never arrived is over."""
 
@@ -214,6 +219,7 @@ Event = (
     | Ambiguous
     | Refused
     | SlotGranted
+    | DeadlinePassed
     | RetryDue
     | Restored
     | News
@@ -234,12 +240,20 @@ Event = (
 
 @dataclass(frozen=True)
 class Post:
-    """POST the submission now (the record saying SUBMITTING is already durable)."""
+    """POST the submission now (the record saying SUBMITTING is already durable).
+
+    `start_by`: the request's deadline; the provider is told not to start it later.
+    """
+
+    start_by: datetime | None = None
 
 
 @dataclass(frozen=True)
 class AcquireSlot:
-    """Wait for an in-flight slot without blocking the key's other events; `SlotGranted` next."""
+    """Wait for an in-flight slot without blocking the key's other events; `SlotGranted` next,
+    or `DeadlinePassed` at `until` (the request's deadline) if no slot came by then."""
+
+    until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -392,7 +406,9 @@ def _on_submit(
             accepted_at=now,
             updated_at=now,
         )
-        return Decision(fresh, (AcquireSlot(),))
+        if _past_deadline(fresh, now):
+            return _deadline_exceeded(fresh, now)
+        return Decision(fresh, (AcquireSlot(_deadline(fresh)),))
     if record.phase is Phase.CANCELLED and record.event is None:
         late = record.model_copy(
             update={
@@ -436,6 +452,35 @@ def _on_cancel(record: LedgerRecord | None, key: str, now: datetime) -> Decision
     return Decision(updated)  # cancelled at the provider as soon as its request_id is known
 
 
+# fal's start deadline (X-Fal-Request-Timeout) must be at least a second away.
+_LEAST_START = timedelta(seconds=1)
+
+
+def _deadline(record: LedgerRecord) -> datetime | None:
+    """The request's `deadline`: no POST after it, and no start at the provider after it."""
+    value = record.request.get("deadline")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _past_deadline(record: LedgerRecord, now: datetime) -> bool:
+    deadline = _deadline(record)
+    return deadline is not None and deadline - now < _LEAST_START
+
+
+def _deadline_exceeded(record: LedgerRecord, now: datetime) -> Decision:
+    error = ErrorDetail(
+        type="deadline_exceeded",
+        message="the request's deadline passed before it could be submitted; nothing was paid",
+        retryable=False,
+    )
+    return _finish(record, Phase.FAILED, "failed", error, now)
+
+
 def _never_posted(record: LedgerRecord) -> bool:
     """Waiting for a slot, or backing off after a submit that provably never arrived."""
     if record.phase is Phase.ACCEPTED:
@@ -457,19 +502,25 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _accepted(record, job, now, adopted=False)
         case NotSent(error=error, retry_after=delay):
             return _not_sent(record, error, delay, now, policy)
+        case DeadlinePassed() if record.phase is Phase.ACCEPTED and _past_deadline(record, now):
+            return _deadline_exceeded(record, now)
         case SlotGranted() if record.phase is Phase.ACCEPTED:
+            if _past_deadline(record, now):
+                return _deadline_exceeded(record, now)
             # Written and committed before the POST: from here the key may have been paid for.
             return _change(record, now, phase=Phase.SUBMITTING, attempts=record.attempts + 1).then(
-                Post()
+                Post(_deadline(record))
             )
         case Ambiguous(error=error) if record.phase is Phase.SUBMITTING:
             return _unknown(record, now, last_error=error)
         case Refused(error=error) if record.phase is Phase.SUBMITTING:
             return _finish(record, Phase.FAILED, "failed", error, now)
         case RetryDue() if record.phase is Phase.SUBMITTING and record.retry_at is not None:
+            if _past_deadline(record, now):
+                return _deadline_exceeded(record, now)  # the last attempt never arrived
             # Clearing retry_at first marks this attempt as under way: after a crash from
             # here on, the POST may have happened and the key goes UNKNOWN, not re-posted.
-            return _change(record, now, retry_at=None).then(Post())
+            return _change(record, now, retry_at=None).then(Post(_deadline(record)))
         case Restored():
             return _restored(record, now)
         case News():
@@ -579,7 +630,7 @@ def _not_sent(
 def _restored(record: LedgerRecord, now: datetime) -> Decision:
     match record.phase:
         case Phase.ACCEPTED:
-            return Decision(None, (AcquireSlot(),))
+            return Decision(None, (AcquireSlot(_deadline(record)),))
         case Phase.SUBMITTING if record.retry_at is not None and record.last_error is not None:
             # The last attempt provably never reached the provider; its retry is still due.
             return Decision(None, (PostLater(record.retry_at),))
@@ -650,7 +701,8 @@ def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
 def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
     if record.cancel_requested:
         return _finish(record, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
-    if not policy.resubmit_unknown or record.attempts >= policy.max_submit_attempts:
+    spent = record.attempts >= policy.max_submit_attempts or _past_deadline(record, now)
+    if not policy.resubmit_unknown or spent:
         error = ErrorDetail(
             type="submit_unknown",
             message="the submit's outcome stayed unknown and no webhook revealed it",
@@ -664,7 +716,7 @@ def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision
         attempts=record.attempts + 1,
         resubmissions=record.resubmissions + 1,
         retry_at=None,
-    ).then(Post())
+    ).then(Post(_deadline(record)))
 
 
 def _stored(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from opentelemetry.trace import Tracer
@@ -145,8 +146,12 @@ class Steps:
         self._metrics = observers.metrics
         self._recent = observers.recent
 
-    async def submit(self, record: LedgerRecord) -> lc.Event:
-        """POST the submission once; the answer decides whether it may ever be posted again."""
+    async def submit(self, record: LedgerRecord, start_by: datetime | None = None) -> lc.Event:
+        """POST the submission once; the answer decides whether it may ever be posted again.
+        `start_by`: the provider must not start it later (its time-to-start, from now)."""
+        start_timeout = None
+        if start_by is not None:
+            start_timeout = max(1.0, (start_by - datetime.now(UTC)).total_seconds())
         self._metrics.submitted(record.endpoint)
         failpoints.reached("before_post")
         with step_span(self._tracer, Step.SUBMIT, record.traceparent):
@@ -156,6 +161,7 @@ class Steps:
                     record.request.get("input") or {},
                     webhook_url=self._webhook_url(record.idempotency_key, record.attempts),
                     priority=_priority(record),
+                    start_timeout=start_timeout,
                 )
                 failpoints.reached("after_post")
             except NotSent as exc:

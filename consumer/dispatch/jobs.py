@@ -295,7 +295,8 @@ class Jobs:
         """A key that would wait for a slot while one is free takes it now: its `ACCEPTED`
         state is never written alone, `SUBMITTING` (one commit, not two) supersedes it."""
         accepted = decision.record
-        if decision.effects != (lc.AcquireSlot(),) or accepted is None or actor.slot is not None:
+        waits = len(decision.effects) == 1 and isinstance(decision.effects[0], lc.AcquireSlot)
+        if not waits or accepted is None or actor.slot is not None:
             return decision
         if actor.closed or not self._slots.try_acquire(accepted.endpoint, _tenant(accepted)):
             return decision
@@ -334,11 +335,14 @@ class Jobs:
         record = self._ledger.get(actor.key)
         assert record is not None or isinstance(effect, lc.Conflict)
         match effect:
-            case lc.AcquireSlot():
+            case lc.AcquireSlot(until=until):
                 assert record is not None
                 self._await_slot(actor, record)
-            case lc.Post():
-                await self._submit(actor)
+                if until is not None:
+                    # No slot by the deadline: the key ends then, unpaid.
+                    self._schedule(actor, (until - _now()).total_seconds(), lc.DeadlinePassed())
+            case lc.Post(start_by=start_by):
+                await self._submit(actor, start_by)
             case lc.PostLater(at=at):
                 self._schedule(actor, (at - _now()).total_seconds(), lc.RetryDue())
             case lc.AwaitAdoption(since=since):
@@ -423,7 +427,7 @@ class Jobs:
         if not actor.closed:
             self._deliver_internal(actor, event)
 
-    async def _submit(self, actor: _Actor) -> None:
+    async def _submit(self, actor: _Actor, start_by: datetime | None = None) -> None:
         record = self._ledger.get(actor.key)
         assert record is not None
         assert record.phase is Phase.SUBMITTING
@@ -437,7 +441,7 @@ class Jobs:
             # Committing again proves this replica still owns it (`Fenced` otherwise).
             touched = record.model_copy(update={"updated_at": _now()})
             await self._ledger.write(touched, actor.partition)
-        outcome = await self._steps.submit(record)
+        outcome = await self._steps.submit(record, start_by)
         await self._apply(actor, outcome)
         if isinstance(outcome, lc.Accepted):
             failpoints.reached("after_submitted")

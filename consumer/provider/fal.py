@@ -232,6 +232,7 @@ class FalProvider:
         *,
         webhook_url: str | None,
         priority: Priority,
+        start_timeout: float | None = None,
     ) -> Submission:
         """POST one request to the queue, exactly once; see the module docstring for errors."""
         app_path(endpoint)  # refuse a malformed id before anything is sent
@@ -240,7 +241,7 @@ class FalProvider:
             f"{self._base_url}/{endpoint}",
             json=input,
             params={"fal_webhook": webhook_url} if webhook_url is not None else None,
-            headers={"X-Fal-Queue-Priority": priority.value},
+            headers=_submit_headers(priority, start_timeout),
         )
         if not response.is_success:
             raise _failure(response)
@@ -344,6 +345,15 @@ class FalProvider:
             cancel_url=_str(body.get("cancel_url")) or rebuilt.cancel_url,
             queue_position=_int(body.get("queue_position")),
         )
+
+
+def _submit_headers(priority: Priority, start_timeout: float | None) -> dict[str, str]:
+    headers = {"X-Fal-Queue-Priority": priority.value}
+    if start_timeout is not None:
+        # A time-to-start deadline: on expiry fal answers 504 (X-Fal-Request-Timeout-Type:
+        # user) and never runs the request.
+        headers["X-Fal-Request-Timeout"] = f"{start_timeout:.1f}"
+    return headers
 
 
 def _parse_status(response: httpx.Response) -> JobStatus:

@@ -125,8 +125,10 @@ class Provider(Protocol):
         *,
         webhook_url: str | None,
         priority: Priority,
+        start_timeout: float | None = None,
     ) -> Submission:
-        """Enqueue one paid request. ``NotSent`` may be retried; ``MaybeSent`` must not."""
+        """Enqueue one paid request. ``NotSent`` may be retried; ``MaybeSent`` must not.
+        ``start_timeout``: seconds within which the provider must start it, or never."""
         ...
 
     async def status(self, submission: Submission, *, with_logs: bool = False) -> JobStatus:

@@ -269,3 +269,24 @@ async def test_a_tenant_at_its_in_flight_limit_waits_while_another_tenant_is_ser
         )
         assert phases().count(Phase.SUBMITTED) == 2
         assert len(emulator.submissions()) == 2
+
+
+async def test_a_request_past_its_deadline_ends_deadline_exceeded_and_is_never_paid(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    settings = relay_settings(stack, emulator)
+    past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    records = [
+        (b"late", submit_record("late", "x", deadline=past)),
+        (b"on-time", submit_record("on-time", "y", deadline=future)),
+    ]
+    async with running(settings):
+        await produce(stack.kafka_bootstrap, settings.topic_requests, records)
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: len(rs) == 2)
+    events = {json.loads(r.value)["idempotency_key"]: json.loads(r.value) for r in reader.records}
+    assert events["late"]["status"] == "failed"
+    assert events["late"]["error"]["type"] == "deadline_exceeded"
+    assert events["on-time"]["status"] == "succeeded"
+    assert [s.input["prompt"] for s in emulator.submissions()] == ["y"]

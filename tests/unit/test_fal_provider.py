@@ -167,6 +167,16 @@ async def test_rate_limit_is_not_sent_and_honours_retry_after() -> None:
     assert caught.value.retry_after == 7.0
 
 
+async def test_a_start_deadline_is_sent_as_fals_time_to_start_header() -> None:
+    queue = Queue(httpx.Response(200, headers=FAL_ID, json={"request_id": "req-1"}))
+    await provider_for(queue).submit(
+        "fal-ai/flux/schnell", {}, webhook_url=None, priority=Priority.LOW, start_timeout=42.25
+    )
+    (request,) = queue.requests
+    assert request.headers["x-fal-request-timeout"] == "42.2"
+    assert request.headers["x-fal-queue-priority"] == "low"
+
+
 async def test_rate_limit_without_retry_after_leaves_the_delay_to_the_caller() -> None:
     with pytest.raises(NotSent) as caught:
         await submit(provider_for(Queue(httpx.Response(429))))

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry.trace import NoOpTracer
@@ -203,3 +204,18 @@ async def test_every_key_of_a_burst_is_polled_no_faster_than_the_poll_rate() -> 
         # 150 polls at 100/s after a one-second burst (about 100 at once): the other 49 are
         # spaced 10 ms apart, so the last cannot go sooner than 0.48 s in.
         assert time.monotonic() - started >= 0.48
+
+
+async def test_a_key_still_waiting_for_a_slot_at_its_deadline_ends_then_unpaid() -> None:
+    async with world(slots=1, poll_grace=60) as w:
+        w.submit("running")
+        await eventually(lambda: len(w.provider.submits) == 1, timeout=5)
+        deadline = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+        w.submit("urgent", deadline=deadline)
+        await eventually(lambda: w.events("urgent") == ["failed"], timeout=10)
+        record = w.ledger.get("urgent")
+        assert record is not None
+        assert record.last_error is not None
+        assert record.last_error.type == "deadline_exceeded"
+        assert len(w.provider.submits) == 1
+        assert w.slots.waiting == 0

@@ -58,7 +58,7 @@ def test_first_record_waits_for_a_slot_and_records_intent_only_then() -> None:
     assert decision.record is not None
     assert decision.record.phase is Phase.ACCEPTED
     assert decision.record.attempts == 0
-    assert decision.effects == (lc.AcquireSlot(),)
+    assert decision.effects == (lc.AcquireSlot(None),)
     granted = lc.decide(decision.record, lc.SlotGranted(), KEY, NOW)
     assert granted.record is not None
     assert granted.record.phase is Phase.SUBMITTING
@@ -90,7 +90,7 @@ def test_a_cancel_during_a_not_sent_back_off_ends_the_key_without_a_post() -> No
 def test_a_restored_key_that_was_waiting_for_a_slot_waits_again_never_unknown() -> None:
     record, _ = step(None, SUBMIT)
     decision = lc.decide(record, lc.Restored(), KEY, NOW)
-    assert decision == lc.Decision(None, (lc.AcquireSlot(),))
+    assert decision == lc.Decision(None, (lc.AcquireSlot(None),))
 
 
 def test_the_unknown_grace_counts_from_when_the_submit_became_ambiguous() -> None:
@@ -550,3 +550,47 @@ def test_a_webhook_without_its_output_asks_for_the_result_to_be_fetched() -> Non
         news = lc.webhook_news(broken, JOB, account="us")
         assert news.ok
         assert news.payload is None
+
+
+def with_deadline(seconds_from_now: float) -> lc.SubmitCommand:
+    deadline = (NOW + timedelta(seconds=seconds_from_now)).isoformat()
+    return lc.SubmitCommand({**SUBMIT.request, "deadline": deadline}, "f1", SUBMIT.endpoint)
+
+
+def test_a_request_whose_deadline_passed_on_arrival_ends_without_a_slot_or_a_post() -> None:
+    decision = lc.decide(None, with_deadline(-5), KEY, NOW)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.error is not None
+    assert publish.event.error.type == "deadline_exceeded"
+
+
+def test_a_deadline_that_passes_while_waiting_for_a_slot_is_never_paid() -> None:
+    waiting = lc.decide(None, with_deadline(60), KEY, NOW).record
+    assert waiting is not None
+    late = NOW + timedelta(seconds=61)
+    decision = lc.decide(waiting, lc.SlotGranted(), KEY, late)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    assert not any(isinstance(e, lc.Post) for e in decision.effects)
+    assert waiting is not None
+    timed_out = lc.decide(waiting, lc.DeadlinePassed(), KEY, late).record
+    assert timed_out is not None
+    assert timed_out.phase is Phase.FAILED
+    # In time, the POST carries the deadline: fal may not start the job after it.
+    granted = lc.decide(waiting, lc.SlotGranted(), KEY, NOW)
+    assert granted.effects == (lc.Post(NOW + timedelta(seconds=60)),)
+
+
+def test_a_retry_due_after_the_deadline_ends_the_key_instead_of_posting() -> None:
+    waiting = lc.decide(None, with_deadline(30), KEY, NOW).record
+    posting_now = lc.decide(waiting, lc.SlotGranted(), KEY, NOW).record
+    backing_off = lc.decide(posting_now, lc.NotSent(ERROR, 60.0), KEY, NOW).record
+    assert backing_off is not None
+    decision = lc.decide(backing_off, lc.RetryDue(), KEY, NOW + timedelta(seconds=60))
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    assert decision.record.last_error is not None
+    assert decision.record.last_error.type == "deadline_exceeded"
