@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, help="in-flight jobs for genrelay and baselines (default 500)"
     )
     parser.add_argument(
+        "--webhook-loss",
+        type=float,
+        metavar="SHARE",
+        help="share of webhooks the emulator loses in the throughput scenario (default 0)",
+    )
+    parser.add_argument(
         "--scenario",
         dest="scenarios",
         action="append",
@@ -69,6 +75,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         plan = plan.with_jobs(args.jobs)
     if args.concurrency is not None:
         plan = plan.with_concurrency(args.concurrency)
+    if args.webhook_loss is not None:
+        plan = plan.with_webhook_loss(args.webhook_loss)
     return plan
 
 

@@ -28,6 +28,8 @@ class Plan:
     ledger_keys: int = 1_000_000
     replicas: tuple[int, ...] = (1, 2, 4)
     smoke: bool = False
+    # Share of webhooks the emulator loses (those keys finish by polling).
+    webhook_loss: float = 0.0
 
     @classmethod
     def full(cls) -> Plan:
@@ -51,6 +53,9 @@ class Plan:
 
     def with_concurrency(self, concurrency: int) -> Plan:
         return replace(self, concurrency=concurrency)
+
+    def with_webhook_loss(self, share: float) -> Plan:
+        return replace(self, webhook_loss=share)
 
 
 @dataclass

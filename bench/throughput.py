@@ -70,11 +70,16 @@ async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
     bootstrap = bench.stack.kafka_bootstrap
     await create_topics(bootstrap, topics, bench.plan.partitions)
     try:
+        loss = bench.plan.webhook_loss if run.webhooks else 0.0
         async with EmulatorProcess(
-            bench.workdir, f"{run.name}-emulator", run_latency="fixed:0"
+            bench.workdir,
+            f"{run.name}-emulator",
+            run_latency="fixed:0",
+            webhook_loss_rate=str(loss),
         ) as emulator:
             overrides: dict[str, Any] = {}
-            if not run.webhooks:
+            if not run.webhooks or loss > 0:
+                # Keys without a webhook finish by polling: a short grace keeps the run short.
                 overrides["poll_grace_seconds"] = POLL_GRACE_WITHOUT_WEBHOOKS
             settings = relay_settings(bench, topics, emulator, webhooks=run.webhooks, **overrides)
             async with (
@@ -138,6 +143,7 @@ async def _phases(
         ),
         "cpu": spent.as_json(),
         "transfer_from_metrics_ms": transfer,
+        "webhook_loss": plan.webhook_loss if run.webhooks else None,
         # p50/p99 are bucket bounds (0.5, 1, 5, 10, 50, 100 ms, ...).
         "rebalance_callback_ms": rebalance.summary_ms() if rebalance is not None else None,
     }
