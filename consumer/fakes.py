@@ -44,7 +44,12 @@ class MemoryLedger:
         return self.states.get(key)
 
     def keys_in(self, partition: int) -> list[str]:
-        return [key for key, p in self.partitions.items() if p == partition]
+        """The open keys of a partition (finished ones live in the store, as with `Ledger`)."""
+        return [
+            key
+            for key, p in self.partitions.items()
+            if p == partition and not (self.states[key].terminal and self.states[key].published)
+        ]
 
     async def write(
         self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
@@ -120,7 +125,10 @@ class FakeProvider:
 
     async def cancel(self, submission: Submission) -> CancelOutcome:
         self.cancels.append(submission.request_id)
-        return CancelOutcome.REQUESTED
+        if submission.request_id not in self.known:
+            return CancelOutcome.NOT_FOUND
+        # Its requests complete at once (unless a test scripts otherwise): too late to cancel.
+        return CancelOutcome.ALREADY_COMPLETED
 
     async def aclose(self) -> None:
         return None
