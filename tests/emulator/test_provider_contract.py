@@ -13,11 +13,14 @@ from genrelay.consumer.provider.fal import FalProvider
 from genrelay.consumer.provider.provider import (
     CancelOutcome,
     JobState,
+    JSONObject,
     Priority,
     Submission,
 )
 from genrelay.emulator import EmulatorServer
-from tests.emulator.helpers import FLUX, KEY, TINY, eventually
+from tests.emulator.helpers import FLUX, KEY, eventually
+
+INPUT: JSONObject = {"prompt": "x", "image_size": {"width": 32, "height": 32}}
 
 
 @pytest.fixture(params=["fake", "fal-against-the-emulator"])
@@ -44,9 +47,7 @@ async def _done(provider: FakeProvider | FalProvider, submission: Submission) ->
 async def test_a_submitted_request_completes_and_its_result_is_an_output(
     provider: FakeProvider | FalProvider,
 ) -> None:
-    submission = await provider.submit(
-        FLUX, {"prompt": "x", **TINY}, webhook_url=None, priority=Priority.NORMAL
-    )
+    submission = await provider.submit(FLUX, INPUT, webhook_url=None, priority=Priority.NORMAL)
     assert submission.request_id
     assert submission.status_url.endswith(f"/requests/{submission.request_id}/status")
     await _done(provider, submission)
@@ -66,9 +67,7 @@ async def test_a_request_the_provider_does_not_know_is_not_found(
 async def test_cancelling_a_finished_request_says_it_already_completed(
     provider: FakeProvider | FalProvider,
 ) -> None:
-    submission = await provider.submit(
-        FLUX, {"prompt": "x", **TINY}, webhook_url=None, priority=Priority.NORMAL
-    )
+    submission = await provider.submit(FLUX, INPUT, webhook_url=None, priority=Priority.NORMAL)
     await _done(provider, submission)
     assert await provider.cancel(submission) is CancelOutcome.ALREADY_COMPLETED
     unknown = provider.submission_for(FLUX, "00000000-0000-4000-8000-000000000000")
