@@ -29,7 +29,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from genrelay.schemas.completions import Artifact, CompletionEvent, ErrorDetail, Timings
-from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord, Phase, ProviderJob
+from genrelay.schemas.ledger import (
+    TERMINAL_PHASES,
+    KeptRequest,
+    LedgerRecord,
+    Phase,
+    ProviderJob,
+)
 from genrelay.schemas.webhooks import WebhookDelivery
 
 _EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
@@ -377,10 +383,10 @@ def _too_large(record: LedgerRecord, error: ErrorDetail, now: datetime) -> Decis
         return Decision(kept_there, (StoreFiles(),))
     # Whatever made it large (the input, the result, inline data) is dropped; the fingerprint
     # stays, so duplicates are still recognised, and the event says what happened.
-    request = {k: v for k, v in record.request.items() if k not in ("input", "metadata")}
-    metadata = record.request.get("metadata") or {}
-    if len(json.dumps(metadata, default=str)) <= _KEPT_METADATA_BYTES:
-        request["metadata"] = metadata
+    metadata = record.request.metadata
+    if len(json.dumps(metadata, default=str)) > _KEPT_METADATA_BYTES:
+        metadata = {}
+    request = record.request.model_copy(update={"input": None, "metadata": metadata})
     bare = record.model_copy(
         update={"request": request, "result": None, "event": None, "published": False}
     )
@@ -400,7 +406,7 @@ def _on_submit(
             phase=Phase.ACCEPTED,
             fingerprint=cmd.fingerprint,
             endpoint=cmd.endpoint,
-            request=dict(cmd.request),
+            request=KeptRequest.model_validate(dict(cmd.request)),
             attempts=0,
             traceparent=cmd.traceparent,
             accepted_at=now,
@@ -414,7 +420,7 @@ def _on_submit(
             update={
                 "fingerprint": cmd.fingerprint,
                 "endpoint": cmd.endpoint,
-                "request": dict(cmd.request),
+                "request": KeptRequest.model_validate(dict(cmd.request)),
                 "published": False,
             }
         )
@@ -435,7 +441,7 @@ def _on_cancel(record: LedgerRecord | None, key: str, now: datetime) -> Decision
             phase=Phase.CANCELLED,
             fingerprint="",
             endpoint="",
-            request={},
+            request=KeptRequest(),
             cancel_requested=True,
             published=True,
             accepted_at=now,
@@ -458,13 +464,7 @@ _LEAST_START = timedelta(seconds=1)
 
 def _deadline(record: LedgerRecord) -> datetime | None:
     """The request's `deadline`: no POST after it, and no start at the provider after it."""
-    value = record.request.get("deadline")
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
+    return record.request.deadline
 
 
 def _past_deadline(record: LedgerRecord, now: datetime) -> bool:
@@ -766,7 +766,7 @@ def build_event(
         timings=_timings(record, now),
         attempts=record.attempts,
         cost_units=record.cost_units,
-        metadata=record.request.get("metadata") or {},
+        metadata=record.request.metadata,
         replayed=False,
         completed_at=now,
     )

@@ -121,7 +121,7 @@ def _failure(exc: GenrelayError, kind: str) -> ErrorDetail:
 
 
 def _priority(record: LedgerRecord) -> Priority:
-    return Priority(record.request.get("priority") or "normal")
+    return Priority(record.request.priority)
 
 
 class Steps:
@@ -158,7 +158,7 @@ class Steps:
             try:
                 submission = await self._provider.submit(
                     record.endpoint,
-                    record.request.get("input") or {},
+                    record.request.input or {},
                     webhook_url=self._webhook_url(record.idempotency_key, record.attempts),
                     priority=_priority(record),
                     start_timeout=start_timeout,

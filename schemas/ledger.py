@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
+from genrelay.schemas.requests import OutputTarget
 
 
 class Phase(StrEnum):
@@ -45,6 +46,28 @@ class ProviderJob(BaseModel):
     cancel_url: str
 
 
+class KeptRequest(BaseModel):
+    """The submit request as the ledger keeps it: the validated `SubmitRequest`, typed.
+
+    Every field has a default because some states keep less: a cancel that arrived before its
+    submit keeps nothing, and a state too large for a record drops the input (and large
+    metadata).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = 1
+    action: Literal["submit"] = "submit"
+    idempotency_key: str | None = None
+    endpoint: str = ""
+    input: dict[str, Any] | None = None
+    priority: Literal["normal", "low"] = "normal"
+    tenant: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    output: OutputTarget | None = None
+    deadline: datetime | None = None
+
+
 class LedgerRecord(BaseModel):
     """The state of one key, written (and acknowledged) before each side effect it enables."""
 
@@ -55,7 +78,7 @@ class LedgerRecord(BaseModel):
     phase: Phase
     fingerprint: str
     endpoint: str
-    request: dict[str, Any] = Field(description="the submit record as received")
+    request: KeptRequest = Field(description="the submit request as validated at intake")
     attempts: int = Field(default=0, description="submit POSTs made for this key")
     resubmissions: int = Field(
         default=0, description="deliberate re-posts after an unresolved UNKNOWN"

@@ -60,9 +60,9 @@ class ResultFiles:
             return await self._copy_all(record)
 
     async def _copy_all(self, record: LedgerRecord) -> tuple[tuple[Artifact, ...], Any]:
-        target = record.request.get("output") or {}
-        bucket = target.get("bucket") or self._bucket
-        prefix = target.get("prefix") or self._prefix
+        target = record.request.output
+        bucket = (target.bucket if target else None) or self._bucket
+        prefix = (target.prefix if target else None) or self._prefix
         await self._store.ensure_bucket(bucket)
         artifacts: list[Artifact] = []
         references: dict[Any, str] = {}

@@ -513,7 +513,7 @@ class Jobs:
             return
 
         async def wait() -> None:
-            priority = Priority(record.request.get("priority") or "normal")
+            priority = Priority(record.request.priority)
             await self._slots.acquire(record.endpoint, priority, _tenant(record))
             actor.slot_wait = None
             self._note_slot(actor, record)
@@ -539,7 +539,7 @@ class Jobs:
         """Take a slot for the key; True when it had to wait for one."""
         if actor.slot is not None:
             return False
-        priority = Priority(record.request.get("priority") or "normal")
+        priority = Priority(record.request.priority)
         waited = not self._slots.available(record.endpoint, _tenant(record))
         await self._slots.acquire(record.endpoint, priority, _tenant(record))
         self._note_slot(actor, record)
@@ -581,5 +581,4 @@ class Jobs:
 
 
 def _tenant(record: LedgerRecord) -> str | None:
-    tenant = record.request.get("tenant")
-    return tenant if isinstance(tenant, str) and tenant else None
+    return record.request.tenant or None
