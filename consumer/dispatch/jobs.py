@@ -55,7 +55,7 @@ class Timing:
     unknown_grace: float
     retry_base: float = 0.5
     retry_max: float = 30.0
-    poll_rate: float = 50.0  # status polls per second, at most, for the whole replica
+    poll_rate: float = 200.0  # status polls per second, at most, for the whole replica
 
 
 @dataclass

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest pause between two polls of a job"
     )
     poll_rate_per_second: float = Field(
-        50.0, gt=0, description="most status polls a replica sends per second (spreads bursts)"
+        200.0, gt=0, description="most status polls a replica sends per second (spreads bursts)"
     )
     unknown_grace_seconds: float = Field(
         600.0, ge=0, description="how long an ambiguous submit waits for a webhook"
