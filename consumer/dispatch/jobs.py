@@ -514,7 +514,7 @@ class Jobs:
 
         async def wait() -> None:
             priority = Priority(record.request.priority)
-            await self._slots.acquire(record.endpoint, priority, _tenant(record))
+            await self._slots.acquire(record.endpoint, priority, _tenant(record), _due(record))
             actor.slot_wait = None
             self._note_slot(actor, record)
             if actor.closed:
@@ -541,7 +541,7 @@ class Jobs:
             return False
         priority = Priority(record.request.priority)
         waited = not self._slots.available(record.endpoint, _tenant(record))
-        await self._slots.acquire(record.endpoint, priority, _tenant(record))
+        await self._slots.acquire(record.endpoint, priority, _tenant(record), _due(record))
         self._note_slot(actor, record)
         return waited
 
@@ -578,6 +578,11 @@ class Jobs:
         self._release_slot(actor)
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
+
+
+def _due(record: LedgerRecord) -> float | None:
+    deadline = record.request.deadline
+    return None if deadline is None else deadline.timestamp()
 
 
 def _tenant(record: LedgerRecord) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ _RANK = {Priority.NORMAL: 0, Priority.LOW: 1}
 @dataclass(order=True)
 class _Waiter:
     rank: int
+    due: float  # the request's deadline (epoch seconds; none: infinity): earlier goes first
     seq: int
     endpoint: str = field(compare=False)
     tenant: str | None = field(compare=False)
@@ -67,13 +69,21 @@ class Slots:
         self._take(endpoint, tenant)
         return True
 
-    async def acquire(self, endpoint: str, priority: Priority, tenant: str | None = None) -> None:
-        """Wait for a slot; normal-priority waiters are served before low-priority ones."""
+    async def acquire(
+        self,
+        endpoint: str,
+        priority: Priority,
+        tenant: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Wait for a slot; normal-priority waiters are served before low-priority ones, and
+        within a priority, earlier deadlines first, then in arrival order."""
         if not self._waiters and self._free(endpoint, tenant):
             self._take(endpoint, tenant)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(_RANK[priority], next(self._seq), endpoint, tenant, future)
+        due = math.inf if deadline is None else deadline
+        waiter = _Waiter(_RANK[priority], due, next(self._seq), endpoint, tenant, future)
         heapq.heappush(self._waiters, waiter)
         self._wake()
         try:

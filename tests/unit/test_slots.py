@@ -93,3 +93,27 @@ async def test_restored_work_counts_over_the_limit_and_new_work_waits_until_belo
     slots.release("e", "bulk")
     await asyncio.wait_for(waiter, timeout=1)
     assert not slots.try_acquire("e", "bulk")  # the tenant still has one of its one
+
+
+async def test_within_a_priority_earlier_deadlines_are_served_first() -> None:
+    slots = Slots(total=1, per_endpoint=10)
+    await slots.acquire("e", Priority.NORMAL)
+    served: list[str] = []
+
+    async def take(name: str, priority: Priority, deadline: float | None) -> None:
+        await slots.acquire("e", priority, deadline=deadline)
+        served.append(name)
+
+    tasks = [
+        asyncio.create_task(take("no-deadline", Priority.NORMAL, None)),
+        asyncio.create_task(take("late", Priority.NORMAL, 2_000.0)),
+        asyncio.create_task(take("soon", Priority.NORMAL, 1_000.0)),
+        asyncio.create_task(take("low-soonest", Priority.LOW, 10.0)),
+    ]
+    for task in tasks:
+        await _started(task)
+    for _ in range(4):
+        slots.release("e")
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert served == ["soon", "late", "no-deadline", "low-soonest"]
