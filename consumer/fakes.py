@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class FakeProvider:
     result_answers: deque[Answer] = field(default_factory=deque)
     submits: list[tuple[str, JSONObject, str | None]] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    status_times: list[float] = field(default_factory=list)  # time.monotonic() of each poll
     cancels: list[str] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -111,6 +113,7 @@ class FakeProvider:
     async def status(self, submission: Submission, *, with_logs: bool = False) -> JobStatus:
         await asyncio.sleep(0)
         self.statuses.append(submission.request_id)
+        self.status_times.append(time.monotonic())
         if self.status_answers:
             return self.status_answers.popleft()()  # type: ignore[no-any-return]
         if submission.request_id not in self.known:

@@ -26,7 +26,6 @@ from genrelay.consumer.errors import (
     NotSent,
     ProviderError,
     RateLimited,
-    Rejected,
     ResultExpired,
     StoreRefused,
     Unstorable,
@@ -213,7 +212,7 @@ class Steps:
         assert news.job is not None
         try:
             await self._provider.status(to_submission(news.job))
-        except (NotFound, Rejected):
+        except NotFound:
             self._metrics.foreign_webhook()
             log.warning("a webhook named request %s, unknown to our account", news.request_id)
             return False

@@ -108,7 +108,7 @@ def raising(error: Exception) -> Callable[[], Any]:
 async def test_a_key_runs_its_whole_life_and_is_paid_once() -> None:
     async with world() as w:
         w.submit("a")
-        await eventually(lambda: w.events("a") == ["succeeded"], timeout=5)
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
     assert len(w.provider.submits) == 1
     assert w.ledger.phases("a")[0] == "SUBMITTING"  # a free slot: no ACCEPTED write first
 
@@ -116,11 +116,11 @@ async def test_a_key_runs_its_whole_life_and_is_paid_once() -> None:
 async def test_a_cancel_while_waiting_for_a_slot_ends_the_key_without_a_post() -> None:
     async with world(slots=1, poll_grace=60) as w:
         w.submit("running")
-        await eventually(lambda: len(w.provider.submits) == 1, timeout=5)
+        await eventually(lambda: len(w.provider.submits) == 1, timeout=30)
         w.submit("waiting")
-        await eventually(lambda: w.ledger.phases("waiting") == ["ACCEPTED"], timeout=5)
+        await eventually(lambda: w.ledger.phases("waiting") == ["ACCEPTED"], timeout=30)
         w.jobs.deliver("waiting", 0, lc.CancelCommand())
-        await eventually(lambda: w.events("waiting") == ["cancelled"], timeout=5)
+        await eventually(lambda: w.events("waiting") == ["cancelled"], timeout=30)
         assert len(w.provider.submits) == 1
         assert w.slots.waiting == 0  # its place in the queue was given up
 
@@ -129,9 +129,9 @@ async def test_a_cancel_during_a_not_sent_back_off_ends_the_key_without_a_post()
     async with world(retry_base=30, retry_max=30) as w:
         w.provider.submit_answers.append(raising(NotSent("429", retry_after=30.0)))
         w.submit("storm")
-        await eventually(lambda: "SUBMITTING" in w.ledger.phases("storm")[1:], timeout=5)
+        await eventually(lambda: "SUBMITTING" in w.ledger.phases("storm")[1:], timeout=30)
         w.jobs.deliver("storm", 0, lc.CancelCommand())
-        await eventually(lambda: w.events("storm") == ["cancelled"], timeout=5)
+        await eventually(lambda: w.events("storm") == ["cancelled"], timeout=30)
     assert w.provider.submits == []
 
 
@@ -140,7 +140,7 @@ async def test_a_webhook_the_provider_cannot_vouch_for_yet_is_asked_about_again(
         # The submit's answer is lost: the key is UNKNOWN, its request id known only to fal.
         w.provider.submit_answers.append(raising(MaybeSent("reset after sending")))
         w.submit("lost")
-        await eventually(lambda: w.ledger.phases("lost")[-1:] == ["UNKNOWN"], timeout=5)
+        await eventually(lambda: w.ledger.phases("lost")[-1:] == ["UNKNOWN"], timeout=30)
         w.provider.known.add("req-fal")
         # The first confirmation cannot reach fal, the second finds the request: adopted.
         w.provider.status_answers.append(raising(ProviderError("502 from the gateway")))
@@ -158,7 +158,7 @@ async def test_a_webhook_the_provider_cannot_vouch_for_yet_is_asked_about_again(
             attempt=1,
         )
         w.jobs.deliver("lost", 0, job)
-        await eventually(lambda: w.events("lost") == ["succeeded"], timeout=5)
+        await eventually(lambda: w.events("lost") == ["succeeded"], timeout=30)
         record = w.ledger.get("lost")
         assert record is not None
         assert record.adopted
@@ -172,11 +172,11 @@ async def test_a_poll_answered_429_waits_at_least_its_retry_after() -> None:
             [raising(RateLimited("429", retry_after=0.3)), lambda: still]
         )
         w.submit("busy")
-        await eventually(lambda: len(w.provider.statuses) == 1, timeout=5)
-        throttled_at = time.monotonic()
-        await eventually(lambda: len(w.provider.statuses) == 2, timeout=5)
-        assert time.monotonic() - throttled_at >= 0.3
-        await eventually(lambda: w.events("busy") == ["succeeded"], timeout=5)
+        await eventually(lambda: len(w.provider.statuses) == 2, timeout=30)
+        # The provider's own clock of the two polls, not when this test noticed them.
+        throttled, next_poll = w.provider.status_times[:2]
+        assert next_poll - throttled >= 0.3
+        await eventually(lambda: w.events("busy") == ["succeeded"], timeout=30)
         # Back-pressure is not a failure: it spent nothing of the poll's budget.
         assert all(r.step_failures == 0 for r, _ in w.ledger.writes)
 
@@ -185,7 +185,7 @@ async def test_a_store_that_keeps_failing_ends_the_key_once_its_budget_is_spent(
     async with world(policy=lc.Policy(max_step_failures=3)) as w:
         w.files.answers.extend(raising(StoreError("SlowDown")) for _ in range(5))
         w.submit("full")
-        await eventually(lambda: w.events("full") == ["failed"], timeout=5)
+        await eventually(lambda: w.events("full") == ["failed"], timeout=30)
         record = w.ledger.get("full")
         assert record is not None
         assert record.phase is Phase.FAILED
@@ -200,19 +200,19 @@ async def test_every_key_of_a_burst_is_polled_no_faster_than_the_poll_rate() -> 
         started = time.monotonic()
         for n in range(150):
             w.submit(f"k{n}")
-        await eventually(lambda: len(w.provider.statuses) >= 150, timeout=10)
+        await eventually(lambda: len(w.provider.statuses) >= 150, timeout=30)
         # 150 polls at 100/s after a one-second burst (about 100 at once): the other 49 are
         # spaced 10 ms apart, so the last cannot go sooner than 0.48 s in.
-        assert time.monotonic() - started >= 0.48
+        assert w.provider.status_times[149] - started >= 0.48
 
 
 async def test_a_key_still_waiting_for_a_slot_at_its_deadline_ends_then_unpaid() -> None:
     async with world(slots=1, poll_grace=60) as w:
         w.submit("running")
-        await eventually(lambda: len(w.provider.submits) == 1, timeout=5)
+        await eventually(lambda: len(w.provider.submits) == 1, timeout=30)
         deadline = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
         w.submit("urgent", deadline=deadline)
-        await eventually(lambda: w.events("urgent") == ["failed"], timeout=10)
+        await eventually(lambda: w.events("urgent") == ["failed"], timeout=30)
         record = w.ledger.get("urgent")
         assert record is not None
         assert record.last_error is not None
