@@ -160,6 +160,7 @@ def relay_settings(
         "topic_dead_letter": topics.dead_letter,
         "partitions": bench.plan.partitions,
         "fal_queue_url": emulator.base_url,
+        "fal_platform_url": f"{emulator.base_url}/v1",
         "fal_key": EMULATOR_KEY,
         "fal_jwks_url": emulator.jwks_url,
         "http_port": port,

@@ -72,6 +72,7 @@ class Wiring:
     """Where the relays find the provider, MinIO and Kafka in one run."""
 
     fal_queue_url: str
+    fal_platform_url: str  # fal's Platform API (request history): never behind the proxy
     jwks_url: str
     s3_endpoint: str
     kafka_bootstrap: str
@@ -99,6 +100,7 @@ def relay_settings(
         "group_id": f"chaos-{run}",
         **{f"topic_{t}": f"chaos-{run}.{t}" for t in _TOPICS},
         "fal_queue_url": wiring.fal_queue_url,
+        "fal_platform_url": wiring.fal_platform_url,
         "fal_key": "emulator-key",
         "fal_jwks_url": wiring.jwks_url,
         "webhook_secret": secret,
@@ -151,6 +153,7 @@ async def run_scenario(
             proxies = await _proxies(stack, api, run, provider_port, emulator, servers)
         wiring = Wiring(
             fal_queue_url=emulator.base_url,
+            fal_platform_url=f"{emulator.listen_url}/v1",
             jwks_url=f"{emulator.listen_url}/.well-known/jwks.json",
             s3_endpoint=proxies["minio"].listen if "minio" in proxies else servers.minio.endpoint,
             kafka_bootstrap=servers.relay_bootstrap,

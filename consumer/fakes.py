@@ -14,9 +14,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from genrelay.consumer.errors import NotFound
+from genrelay.consumer.errors import MaybeSent, NotFound, ProviderError
 from genrelay.consumer.ledger.partition_writer import Outgoing
 from genrelay.consumer.provider.provider import (
     CancelOutcome,
@@ -24,8 +25,10 @@ from genrelay.consumer.provider.provider import (
     JobState,
     JobStatus,
     JSONObject,
+    ListedRequest,
     Priority,
     Submission,
+    Tags,
 )
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import Artifact, CompletionEvent
@@ -74,6 +77,8 @@ class FakeProvider:
     """A provider whose answers a test scripts per call; unscripted calls succeed at once.
 
     `submits` records every POST that left (each one is paid for); `statuses` every poll.
+    It keeps a request history too (`RequestHistory`): every request that arrived is listed
+    once `history_visible` allows (default: at once), and `history_down` makes it unreadable.
     """
 
     base_url: str = "http://fake.provider"
@@ -85,6 +90,13 @@ class FakeProvider:
     status_times: list[float] = field(default_factory=list)  # time.monotonic() of each poll
     cancels: list[str] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
+    tags: list[Tags | None] = field(default_factory=list)
+    listed: list[ListedRequest] = field(default_factory=list)
+    history_visible: bool = True
+    history_down: bool = False
+    history_reads: int = 0
+    # The next this-many submits arrive (and are paid for) but their answers are lost.
+    lose_answers: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def submission_for(self, endpoint: str, request_id: str) -> Submission:
@@ -99,6 +111,7 @@ class FakeProvider:
         webhook_url: str | None,
         priority: Priority,
         start_timeout: float | None = None,
+        tags: Tags | None = None,
     ) -> Submission:
         await asyncio.sleep(0)
         if self.submit_answers:
@@ -107,8 +120,31 @@ class FakeProvider:
                 return answer  # type: ignore[no-any-return]
         request_id = f"req-{next(self._ids)}"
         self.submits.append((endpoint, input, webhook_url))
+        self.tags.append(tags)
         self.known.add(request_id)
+        self.listed.append(ListedRequest(request_id, endpoint, datetime.now(UTC), input))
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise MaybeSent(f"POST {endpoint}: the answer was lost")
         return self.submission_for(endpoint, request_id)
+
+    async def requests(
+        self, endpoint: str, *, start: datetime, end: datetime | None
+    ) -> list[ListedRequest]:
+        await asyncio.sleep(0)
+        self.history_reads += 1
+        if self.history_down:
+            raise ProviderError("the request history is unavailable")
+        if not self.history_visible:
+            return []
+        return [
+            item
+            for item in self.listed
+            if item.endpoint == endpoint
+            and item.sent_at is not None
+            and start <= item.sent_at
+            and (end is None or item.sent_at < end)
+        ]
 
     async def status(self, submission: Submission, *, with_logs: bool = False) -> JobStatus:
         await asyncio.sleep(0)

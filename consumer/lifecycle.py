@@ -8,8 +8,8 @@ a table of cases, and a property test can run any sequence of events through it.
     (none) --submit--> ACCEPTED --slot granted--> SUBMITTING --accepted--> SUBMITTED
               cancel (never posted) --> CANCELLED        |  |  ^--not sent (retry, back-off)
                                                          |  '--refused--> FAILED
-                          ambiguous, or restored here --> UNKNOWN --webhook adopts--> SUBMITTED
-                                                             '--unresolved--> FAILED | resubmit
+                      ambiguous, or restored here --> UNKNOWN --webhook/history adopts--> SUBMITTED
+                  history proves it never arrived: re-POST <--'  '--unresolved--> FAILED | resubmit
     SUBMITTED --news ok--> RESULT_READY
     RESULT_READY --files stored--> STORED --published--> COMPLETED
       (a result too large for the ledger stays at the provider; storing fetches it again)
@@ -41,6 +41,8 @@ from genrelay.schemas.webhooks import WebhookDelivery
 _EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
 OPEN_PHASES = frozenset({Phase.ACCEPTED, Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
 Status = Literal["succeeded", "failed", "cancelled", "expired"]
+# A request that reached the start deadline we sent: it never ran (provider.py says so too).
+START_TIMEOUT = "start_timeout"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,19 @@ class Policy:
     # A step that keeps failing transiently ends the key once either is spent.
     max_step_failures: int = 20
     step_deadline: timedelta = timedelta(minutes=15)
+    # An ambiguous submit waits this long for a webhook (or the provider's records) to say
+    # what became of it.
+    unknown_grace: timedelta = timedelta(minutes=10)
+    # Each POST tells the provider to start the request within this, or never (None: only a
+    # request's own deadline is sent). Past it, the provider's records can prove absence.
+    start_timeout: timedelta | None = None
+    # Reconcile ambiguous submits from the provider's request history, which lists a request
+    # at most `history_lag` after it arrived.
+    reconcile: bool = False
+    history_lag: timedelta = timedelta(minutes=2)
+    # Covers the provider's clock against ours, the request's trip, and the one-second floor
+    # of a start timeout, when proving a request never arrived.
+    clock_slack: timedelta = timedelta(seconds=30)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -201,6 +216,16 @@ class UnknownUnresolved:
     """No webhook adopted an ambiguous submit within the grace period."""
 
 
+@dataclass(frozen=True)
+class HistorySearched:
+    """The provider's request history, asked at `as_of`, lists `matches`: requests on the
+    key's endpoint, with its input, that arrived while its current attempt was being posted.
+    `matches is None`: the history could not be read."""
+
+    matches: tuple[ProviderJob, ...] | None
+    as_of: datetime
+
+
 Step = Literal["poll", "fetch", "store"]
 
 
@@ -236,6 +261,7 @@ Event = (
     | FilesRefused
     | Published
     | UnknownUnresolved
+    | HistorySearched
     | TooLarge
     | StepFailed
     | StepOk
@@ -269,10 +295,16 @@ class PostLater:
 
 @dataclass(frozen=True)
 class AwaitAdoption:
-    """Wait for a webhook to reveal the request_id of an ambiguous submit, until `since` plus
-    the grace period (a durable time, so restarts cannot extend the wait)."""
+    """Wait for a webhook to reveal the request_id of an ambiguous submit; `UnknownUnresolved`
+    at `until` (derived from durable times, so restarts cannot extend the wait)."""
 
-    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
+class SearchHistory:
+    """Look for an ambiguous submit in the provider's request history after a short wait;
+    `HistorySearched` next. (The grace is checked on each answer, not by a timer.)"""
 
 
 @dataclass(frozen=True)
@@ -331,6 +363,7 @@ Effect = (
     | Post
     | PostLater
     | AwaitAdoption
+    | SearchHistory
     | Watch
     | RetryStep
     | ConfirmAccount
@@ -508,11 +541,9 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             if _past_deadline(record, now):
                 return _deadline_exceeded(record, now)
             # Written and committed before the POST: from here the key may have been paid for.
-            return _change(record, now, phase=Phase.SUBMITTING, attempts=record.attempts + 1).then(
-                Post(_deadline(record))
-            )
+            return _post(record, now, policy, attempts=record.attempts + 1)
         case Ambiguous(error=error) if record.phase is Phase.SUBMITTING:
-            return _unknown(record, now, last_error=error)
+            return _unknown(record, now, policy, last_error=error)
         case Refused(error=error) if record.phase is Phase.SUBMITTING:
             return _finish(record, Phase.FAILED, "failed", error, now)
         case RetryDue() if record.phase is Phase.SUBMITTING and record.retry_at is not None:
@@ -520,11 +551,11 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
                 return _deadline_exceeded(record, now)  # the last attempt never arrived
             # Clearing retry_at first marks this attempt as under way: after a crash from
             # here on, the POST may have happened and the key goes UNKNOWN, not re-posted.
-            return _change(record, now, retry_at=None).then(Post(_deadline(record)))
+            return _post(record, now, policy, retry_at=None)
         case Restored():
-            return _restored(record, now)
+            return _restored(record, now, policy)
         case News():
-            return _news(record, event, now)
+            return _news(record, event, now, policy)
         case ResultGone(error=error) if record.phase in (Phase.SUBMITTED, Phase.RESULT_READY):
             return _finish(record, Phase.EXPIRED, "expired", error, now)
         case FilesStored(artifacts=artifacts, result=result) if record.phase is Phase.RESULT_READY:
@@ -542,7 +573,7 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
                 error=event.error,
                 cost_units=event.cost_units,
             )
-            return _news(record, news, now)
+            return _news(record, news, now, policy)
         case ResultFetched(ok=False) if record.phase is Phase.RESULT_READY:
             # A refetch (for fresh file URLs) now reads as a failure, contradicting the first
             # answer: the files are what is missing, so the key expires rather than failing.
@@ -554,6 +585,8 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _finish(record, Phase.FAILED, "failed", error, now)
         case UnknownUnresolved() if record.phase is Phase.UNKNOWN:
             return _unresolved(record, now, policy)
+        case HistorySearched(matches=matches, as_of=as_of) if record.phase is Phase.UNKNOWN:
+            return _searched(record, matches, as_of, now, policy)
         case StepFailed(step=step, error=error) if _step_applies(record, step):
             return _step_failed(record, step, error, now, policy)
         case StepOk() if record.step_failures:
@@ -627,7 +660,23 @@ def _not_sent(
     )
 
 
-def _restored(record: LedgerRecord, now: datetime) -> Decision:
+def _post(record: LedgerRecord, now: datetime, policy: Policy, **changes: Any) -> Decision:
+    """Commit the intent to POST this attempt, with the start deadline it will carry, then
+    POST: the provider starts it by `start_by` or never, which bounds what a search of its
+    records must wait for."""
+    start_by = _start_by(record, now, policy)
+    posting = {"phase": Phase.SUBMITTING, "posted_at": now, "start_by": start_by, **changes}
+    return _change(record, now, **posting).then(Post(start_by))
+
+
+def _start_by(record: LedgerRecord, now: datetime, policy: Policy) -> datetime | None:
+    limits = [_deadline(record)]
+    if policy.start_timeout is not None:
+        limits.append(now + policy.start_timeout)
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
+def _restored(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
     match record.phase:
         case Phase.ACCEPTED:
             return Decision(None, (AcquireSlot(_deadline(record)),))
@@ -636,9 +685,9 @@ def _restored(record: LedgerRecord, now: datetime) -> Decision:
             return Decision(None, (PostLater(record.retry_at),))
         case Phase.SUBMITTING:
             # The POST may have happened before the crash: never re-post blindly.
-            return _unknown(record, now)
+            return _unknown(record, now, policy)
         case Phase.UNKNOWN:
-            return Decision(None, (AwaitAdoption(record.unknown_since or record.updated_at),))
+            return Decision(None, _awaiting(record, now, policy))
         case Phase.SUBMITTED:
             return Decision(None, (Watch(),))
         case Phase.RESULT_READY:
@@ -646,14 +695,80 @@ def _restored(record: LedgerRecord, now: datetime) -> Decision:
     return NOTHING
 
 
-def _unknown(record: LedgerRecord, now: datetime, **changes: Any) -> Decision:
-    since = now
-    return _change(record, now, phase=Phase.UNKNOWN, unknown_since=since, **changes).then(
-        AwaitAdoption(since)
+def _unknown(record: LedgerRecord, now: datetime, policy: Policy, **changes: Any) -> Decision:
+    pending = _change(record, now, phase=Phase.UNKNOWN, unknown_since=now, **changes)
+    return pending.then(*_awaiting(pending.record, now, policy))
+
+
+def _absence_provable_at(record: LedgerRecord, policy: Policy) -> datetime | None:
+    """When the history can prove the current attempt never arrived: past its start deadline
+    (so it can never run) and the history's lag (so it would be listed)."""
+    if not policy.reconcile or record.start_by is None:
+        return None
+    return record.start_by + policy.history_lag + policy.clock_slack
+
+
+def _unknown_until(record: LedgerRecord, now: datetime, policy: Policy) -> datetime:
+    """When an ambiguous submit nothing resolved ends (`_unresolved`)."""
+    # A time from another replica's clock, ahead of this one, counts as now.
+    since = min(record.unknown_since or record.updated_at, now)
+    until = since + policy.unknown_grace
+    provable = _absence_provable_at(record, policy)
+    if provable is not None:
+        # The wait outlasts the proof, with room for the searches that make it.
+        until = max(until, provable + policy.history_lag)
+    return until
+
+
+def _awaiting(record: LedgerRecord, now: datetime, policy: Policy) -> tuple[Effect, ...]:
+    if policy.reconcile:
+        return (SearchHistory(),)  # each answer that settles nothing checks the grace
+    return (AwaitAdoption(_unknown_until(record, now, policy)),)
+
+
+def _searched(
+    record: LedgerRecord,
+    matches: tuple[ProviderJob, ...] | None,
+    as_of: datetime,
+    now: datetime,
+    policy: Policy,
+) -> Decision:
+    if matches is not None and len(matches) == 1:
+        # The provider's own records, read with our key: the request is ours. Adopt it.
+        return _accepted(record, matches[0], now, adopted=True)
+    provable = _absence_provable_at(record, policy)
+    if matches == () and provable is not None and as_of >= provable:
+        return _absent(record, now, policy)
+    if now >= _unknown_until(record, now, policy):
+        return _unresolved(record, now, policy)
+    # Not listed yet, or several requests look alike, or unreadable: ask again.
+    return Decision(None, (SearchHistory(),))
+
+
+def _absent(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
+    """The last POST provably never reached the provider: nothing was paid for it."""
+    if record.cancel_requested:
+        return _finish(record, Phase.CANCELLED, "cancelled", _cancelled_error(), now)
+    if _past_deadline(record, now):
+        return _deadline_exceeded(record, now)
+    if record.attempts >= policy.max_submit_attempts:
+        error = ErrorDetail(
+            type="submit_lost",
+            message=f"none of {record.attempts} submits reached the provider (its records say)",
+            retryable=True,
+        )
+        return _finish(record, Phase.FAILED, "failed", error, now)
+    return _post(
+        record,
+        now,
+        policy,
+        attempts=record.attempts + 1,
+        proven_absent=record.proven_absent + 1,
+        retry_at=None,
     )
 
 
-def _news(record: LedgerRecord, news: News, now: datetime) -> Decision:
+def _news(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
     if record.phase in (Phase.SUBMITTING, Phase.UNKNOWN):
         if news.job is None or news.attempt != record.attempts:
             return NOTHING  # no handle, or a URL made for an earlier attempt
@@ -675,10 +790,10 @@ def _news(record: LedgerRecord, news: News, now: datetime) -> Decision:
         return NOTHING
     elif record.job.request_id != news.request_id:
         return NOTHING  # news about a request that is not this key's: ignore
-    return _outcome(record, news, now)
+    return _outcome(record, news, now, policy)
 
 
-def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
+def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
     extra: dict[str, Any] = {}
     if news.inference_seconds is not None:
         extra["inference_seconds"] = news.inference_seconds
@@ -689,6 +804,10 @@ def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
         record = record.model_copy(update=extra)
         if error.type == "client_cancelled" or record.cancel_requested:
             return _finish(record, Phase.CANCELLED, "cancelled", error, now)
+        if _never_started(record, error, now, policy):
+            # It never ran, so it was not billed: queue it again (our start deadline, not the
+            # request's own, ran out).
+            return _post(record, now, policy, attempts=record.attempts + 1, job=None)
         return _finish(record, Phase.FAILED, "failed", error, now)
     if news.payload is None:
         fresh = {"step_failures": 0, "step_failing_since": None}  # polling is over
@@ -696,6 +815,11 @@ def _outcome(record: LedgerRecord, news: News, now: datetime) -> Decision:
     return _change(record, now, phase=Phase.RESULT_READY, result=news.payload, **extra).then(
         StoreFiles()
     )
+
+
+def _never_started(record: LedgerRecord, error: ErrorDetail, now: datetime, policy: Policy) -> bool:
+    within = not _past_deadline(record, now) and record.attempts < policy.max_submit_attempts
+    return error.type == START_TIMEOUT and within
 
 
 def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
@@ -709,14 +833,14 @@ def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision
             retryable=True,
         )
         return _finish(record, Phase.FAILED, "failed", error, now)
-    return _change(
+    return _post(
         record,
         now,
-        phase=Phase.SUBMITTING,
+        policy,
         attempts=record.attempts + 1,
         resubmissions=record.resubmissions + 1,
         retry_at=None,
-    ).then(Post(_deadline(record)))
+    )
 
 
 def _stored(

@@ -8,10 +8,11 @@ whose budget the lifecycle keeps. No step decides anything: `lifecycle` does.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from opentelemetry.trace import Tracer
@@ -37,9 +38,12 @@ from genrelay.consumer.provider.provider import (
     ErrorInfo,
     JobState,
     JobStatus,
+    ListedRequest,
     Priority,
     Provider,
+    RequestHistory,
     Submission,
+    Tags,
 )
 from genrelay.consumer.service import failpoints
 from genrelay.consumer.service.metrics import RelayMetrics, Resolution
@@ -123,6 +127,29 @@ def _priority(record: LedgerRecord) -> Priority:
     return Priority(record.request.priority)
 
 
+def key_hash(key: str) -> str:
+    """How a key is named at the provider (tags): identifiable, not readable."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def tags_of(record: LedgerRecord) -> Tags:
+    return Tags(key_hash(record.idempotency_key), record.attempts, record.request.tenant)
+
+
+# An ambiguous POST, if it arrived, reached the provider while it was being sent: within the
+# client's timeout of `posted_at`, give or take the two clocks' difference.
+_CLOCKS_APART = timedelta(seconds=60)
+_ARRIVAL_WINDOW = timedelta(seconds=60)
+
+
+def carries(listed: Any, sent: Any) -> bool:
+    """Whether a listed request's input is the one sent: every field sent, equal (the
+    provider may list fields it added, such as defaults)."""
+    if not isinstance(listed, dict) or not isinstance(sent, dict):
+        return bool(listed == sent)
+    return all(name in listed and listed[name] == value for name, value in sent.items())
+
+
 class Steps:
     """Performs effects against the provider, the object store and Kafka."""
 
@@ -135,8 +162,10 @@ class Steps:
         webhook_url: Callable[[str, int], str | None],
         observers: Observers,
         backoff: Callable[[int], float],
+        history: RequestHistory | None = None,
     ) -> None:
         self._provider = provider
+        self._history = history
         self._files = files
         self._publisher = publisher
         self._webhook_url = webhook_url
@@ -161,6 +190,7 @@ class Steps:
                     webhook_url=self._webhook_url(record.idempotency_key, record.attempts),
                     priority=_priority(record),
                     start_timeout=start_timeout,
+                    tags=tags_of(record),
                 )
                 failpoints.reached("after_post")
             except NotSent as exc:
@@ -177,6 +207,43 @@ class Steps:
                 kind = getattr(exc, "error_type", None) or "submit_rejected"
                 return lc.Refused(ErrorDetail(type=str(kind), message=str(exc), retryable=False))
         return lc.Accepted(to_job(submission))
+
+    async def search(self, record: LedgerRecord) -> lc.Event:
+        """Look for the key's current attempt in the provider's request history: requests on
+        its endpoint, carrying its input, that arrived while the attempt was being posted."""
+        as_of = datetime.now(UTC)
+        if self._history is None:
+            return lc.HistorySearched(None, as_of)
+        posted = record.posted_at or record.unknown_since or record.updated_at
+        start = posted - _CLOCKS_APART
+        with step_span(self._tracer, Step.SEARCH, record.traceparent):
+            try:
+                # No `end`: a window fal applied to when requests ended could hide one still
+                # running. What arrived too late to be this attempt is filtered here.
+                listed = await self._history.requests(record.endpoint, start=start, end=None)
+            except ProviderError as exc:
+                log.info("request history unavailable: %s", exc)
+                self._metrics.history_search("unavailable")
+                return lc.HistorySearched(None, as_of)
+        end = posted + _ARRIVAL_WINDOW + _CLOCKS_APART
+        matches = self._matching(record, listed, start, end)
+        self._metrics.history_search("found" if matches else "none")
+        return lc.HistorySearched(matches, as_of)
+
+    def _matching(
+        self, record: LedgerRecord, listed: list[ListedRequest], start: datetime, end: datetime
+    ) -> tuple[ProviderJob, ...]:
+        sent = record.request.input or {}
+        ids = dict.fromkeys(
+            item.request_id
+            for item in listed
+            if item.endpoint == record.endpoint
+            and (item.sent_at is None or start <= item.sent_at < end)
+            and carries(item.input, sent)
+        )
+        return tuple(
+            to_job(self._provider.submission_for(record.endpoint, request_id)) for request_id in ids
+        )
 
     async def poll(
         self, record: LedgerRecord, partition: int

@@ -32,6 +32,8 @@ from genrelay.emulator.core import Emulator, SubmitOptions, SubmitRejectedError
 from genrelay.emulator.endpoints import EndpointId, parse_app_path
 from genrelay.emulator.jobs import Job, Phase, Priority
 from genrelay.emulator.outcomes import dumps
+from genrelay.emulator.platform_api import platform_routes
+from genrelay.emulator.records import parse_tags
 
 JSON = Any
 _REQUEST = "/{app_path:path}/requests/{request_id}"
@@ -62,6 +64,7 @@ class SubmitParams(BaseModel):
     request_timeout: float | None = Field(default=None, gt=0.1)
     no_retry: bool = False
     lifecycle: dict[str, JSON] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("fal_webhook")
     @classmethod
@@ -86,6 +89,7 @@ class SubmitParams(BaseModel):
             "request_timeout": headers.get("x-fal-request-timeout"),
             "no_retry": headers.get("x-fal-no-retry", "").lower() in _TRUE,
         }
+        raw["tags"] = parse_tags(headers.get("x-fal-tags"))
         lifecycle = headers.get("x-fal-object-lifecycle-preference")
         if lifecycle is not None:
             raw["lifecycle"] = json.loads(lifecycle)
@@ -107,6 +111,7 @@ class SubmitParams(BaseModel):
             file_lifetime_s=lifetime,
             use_default_lifetime=use_default,
             owner=owner,
+            tags=dict(self.tags),
         )
 
 
@@ -186,6 +191,9 @@ class QueueApi:
             arguments = json.loads(raw) if raw.strip() else {}
         except (ValidationError, ValueError) as exc:
             return bad_request(f"Invalid request: {exc}")
+        if emulator.faults.reset_submit():
+            emulator.accounting.count("reset_submits")
+            return DroppedConnection()  # nothing recorded: fal never saw it
         try:
             job = emulator.submit(endpoint, model, arguments, options)
         except SubmitRejectedError as exc:
@@ -272,6 +280,8 @@ class QueueApi:
             return json_response({"detail": "Request is still in progress"}, 400, headers)
         outcome = job.outcome
         headers.update(outcome.headers)
+        if job.billed_units is not None:
+            headers["x-fal-billable-units"] = f"{job.billed_units:g}"
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     async def cancel(self, request: Request) -> Response:
@@ -306,5 +316,7 @@ def build_app(emulator: Emulator) -> Starlette:
     """The ASGI app serving `emulator`."""
     # One Mount in front keeps the control API from costing the hot routes a regex each.
     control = Mount("/_emulator", routes=control_routes(emulator))
-    routes: list[BaseRoute] = [control, *QueueApi(emulator).routes()]
+    # Ahead of the queue's routes, whose `{app}/requests/{id}` would match its paths.
+    platform = Mount("/v1", routes=platform_routes(emulator))
+    routes: list[BaseRoute] = [control, platform, *QueueApi(emulator).routes()]
     return Starlette(routes=routes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -23,6 +23,7 @@ from genrelay.emulator.faults import ArmRequest, Faults, SubmitFate
 from genrelay.emulator.files import FileEntry, FileStore
 from genrelay.emulator.jobs import Job, JobStore, Priority
 from genrelay.emulator.models import FakeModel, ModelRegistry
+from genrelay.emulator.records import Records
 from genrelay.emulator.scheduler import ChangeFeed, Scheduler, SchedulerDeps
 from genrelay.emulator.settings import EmulatorSettings
 from genrelay.emulator.signing import Keyring
@@ -57,6 +58,7 @@ class SubmitOptions:
     file_lifetime_s: float | None = None
     use_default_lifetime: bool = True
     owner: str | None = None  # the submitting account's user id; None: the main account
+    tags: dict[str, str] = field(default_factory=dict)  # what X-Fal-Tags kept
 
 
 class Emulator:
@@ -80,6 +82,7 @@ class Emulator:
         self.store = JobStore()
         self.files = FileStore(self._initial.file_cache_bytes)
         self.feed = ChangeFeed()
+        self.records = Records(self._current)
         self._job_tasks = Supervisor("emulator jobs")
         self._webhook_tasks = Supervisor("emulator webhooks")
         self._housekeeping = Supervisor("emulator housekeeping")
@@ -97,6 +100,7 @@ class Emulator:
                 self.feed,
                 self._current,
                 lambda: self._base_url,
+                self.records,
             )
         )
         self._seq = 0
@@ -215,6 +219,7 @@ class Emulator:
         await self._webhook_tasks.cancel_all()
         self.store.clear()
         self.files.clear()
+        self.records.clear()
         self.faults.disarm()
         self.accounting.clear()
         self._seq = 0
@@ -265,6 +270,7 @@ class Emulator:
                 job.received_at,
             )
         )
+        self.records.arrived(job.request_id, str(endpoint), job.owner, arguments, options.tags)
         self.scheduler.enqueue(job)
         return job
 

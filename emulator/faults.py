@@ -29,6 +29,8 @@ class ArmRequest(BaseModel):
     reject_submits: int = Count
     reject_for_s: float = Field(default=0.0, ge=0)
     drop_submit_responses: int = Count
+    # The connection is reset before the gateway reads the submit: never received, not paid.
+    reset_submits: int = Count
     gateway_error_submits: int = Count
     delay_submit_responses: int = Count
     delay_submit_ms: float = Field(default=0.0, ge=0)
@@ -47,6 +49,7 @@ class ArmedFaults:
     reject_submits: int = 0
     reject_until: float = 0.0
     drop_submit_responses: int = 0
+    reset_submits: int = 0
     gateway_error_submits: int = 0
     delay_submit_responses: int = 0
     delay_submit_ms: float = 0.0
@@ -62,6 +65,7 @@ class ArmedFaults:
             "reject_submits": self.reject_submits,
             "reject_for_s": max(0.0, self.reject_until - time.monotonic()),
             "drop_submit_responses": self.drop_submit_responses,
+            "reset_submits": self.reset_submits,
             "gateway_error_submits": self.gateway_error_submits,
             "delay_submit_responses": self.delay_submit_responses,
             "delay_submit_ms": self.delay_submit_ms,
@@ -115,6 +119,7 @@ class Faults:
         if request.reject_for_s > 0:
             armed.reject_until = max(armed.reject_until, time.monotonic() + request.reject_for_s)
         armed.drop_submit_responses += request.drop_submit_responses
+        armed.reset_submits += request.reset_submits
         armed.gateway_error_submits += request.gateway_error_submits
         armed.delay_submit_responses += request.delay_submit_responses
         if request.delay_submit_responses:
@@ -125,6 +130,10 @@ class Faults:
         if request.delay_webhooks:
             armed.delay_webhooks_ms = request.delay_webhooks_ms
         armed.payload_error_webhooks += request.payload_error_webhooks
+
+    def reset_submit(self) -> bool:
+        """Whether to cut the next submit's connection before receiving it."""
+        return _take(self.armed, "reset_submits")
 
     def reject_submit(self, attempt: int) -> bool:
         """A 429 storm: armed window or count first, then `reject_rate` per submit attempt."""

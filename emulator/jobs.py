@@ -76,6 +76,7 @@ class Job:
     outcome: Outcome | None = None
     started_at: float | None = None
     completed_at: float | None = None
+    billed_units: float | None = None  # what fal billed, once it succeeded
     # Bumped on every visible change so status streams know when to send an event.
     version: int = 0
     logs: list[LogEntry] = field(default_factory=list)

@@ -33,6 +33,7 @@ from genrelay.emulator.outcomes import (
     success,
     validation_error,
 )
+from genrelay.emulator.records import Records
 from genrelay.emulator.settings import EmulatorSettings
 from genrelay.emulator.supervisor import Supervisor
 from genrelay.emulator.webhooks import WebhookSender, webhook_body
@@ -81,6 +82,7 @@ class SchedulerDeps:
     feed: ChangeFeed
     settings: Callable[[], EmulatorSettings]
     base_url: Callable[[], str]
+    records: Records
 
 
 class Scheduler:
@@ -210,6 +212,7 @@ class Scheduler:
         self._disarm_start_timer(job)
         job.phase = Phase.RUNNING
         job.started_at = time.time()
+        self._deps.records.started(job.request_id)
         job.log(f"Running (attempt {job.attempt}, gateway request {job.gateway_request_id})")
         self._deps.feed.publish(job)
 
@@ -268,6 +271,7 @@ class Scheduler:
         job.completed_at = time.time()
         job.log("Completed" if outcome.ok else f"Failed: {outcome.error_type}")
         self._count_completion(outcome)
+        self._bill(job, outcome)
         large = len(outcome.body) >= settings.large_result_bytes
         retention = settings.large_result_retention_s if large else settings.result_retention_s
         deps.store.retain_until(job, time.monotonic() + retention)
@@ -278,6 +282,17 @@ class Scheduler:
                 job.request_id, job.gateway_request_id, outcome, payload_error=plan.payload_error
             )
             deps.webhooks.send(job.webhook_url, job.request_id, body, plan, job.owner)
+
+    def _bill(self, job: Job, outcome: Outcome) -> None:
+        # One unit per output file; fal bills a request that succeeded, never a server error.
+        units = float(len(job.plan.files)) if isinstance(job.plan, Plan) else 1.0
+        billed = self._deps.records.ended(
+            job.request_id, outcome.status_code, outcome.payload, units
+        )
+        if billed is not None:
+            job.billed_units = billed
+            self._deps.accounting.count("billed")
+            self._deps.accounting.count("billed_units", int(billed))
 
     def _count_completion(self, outcome: Outcome) -> None:
         counts = self._deps.accounting

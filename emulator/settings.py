@@ -197,6 +197,18 @@ class EmulatorSettings(BaseSettings):
     # Accepted submissions remembered for `/_emulator/submissions` (counters stay exact).
     submission_log_limit: int = Field(default=1_000_000, ge=0)
 
+    # The Platform API's records (fal.ai/docs/platform-apis/v1/models/...): a request is
+    # listed in the request history this long after it arrived, and a billed request shows in
+    # the billing events this long after it ended (fal documents neither lag).
+    history_lag_s: NonNegative = 0.0
+    billing_lag_s: NonNegative = 0.0
+    # USD per billed unit, by endpoint id; others cost `default_unit_price`. A successful
+    # request bills one unit per output file.
+    unit_prices: dict[str, float] = Field(default_factory=dict)
+    default_unit_price: NonNegative = 0.003
+    # Whether the account has tagged billing reports (fal enables it per account).
+    tagged_billing: bool = True
+
     # Seconds between `: ping` lines on a status stream.
     sse_ping_interval_s: float = Field(default=1.0, gt=0)
     # Hex seed of the first signing key (random when unset) and how long a rotated-out

@@ -83,9 +83,13 @@ class LedgerRecord(BaseModel):
     resubmissions: int = Field(
         default=0, description="deliberate re-posts after an unresolved UNKNOWN"
     )
+    proven_absent: int = Field(
+        default=0,
+        description="re-posts after the provider's records proved the last POST never arrived",
+    )
     job: ProviderJob | None = None
     adopted: bool = Field(
-        default=False, description="request_id learnt from a webhook after UNKNOWN"
+        default=False, description="request_id learnt (webhook or request history) after UNKNOWN"
     )
     cancel_requested: bool = False
     result: Any = None
@@ -94,6 +98,12 @@ class LedgerRecord(BaseModel):
     cost_units: float | None = None
     last_error: ErrorDetail | None = None
     retry_at: datetime | None = None
+    posted_at: datetime | None = Field(
+        default=None, description="when the current attempt's POST was decided (committed)"
+    )
+    start_by: datetime | None = Field(
+        default=None, description="the provider was told to start the current attempt by then"
+    )
     unknown_since: datetime | None = Field(
         default=None, description="when the submit became ambiguous (its grace counts from here)"
     )

@@ -14,7 +14,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from genrelay.consumer import lifecycle as lc
@@ -52,7 +52,7 @@ class KeyStates(Protocol):
 class Timing:
     poll_grace: float
     poll_max_interval: float
-    unknown_grace: float
+    history_search_interval: float = 5.0  # between searches for an ambiguous submit
     retry_base: float = 0.5
     retry_max: float = 30.0
     poll_rate: float = 200.0  # status polls per second, at most, for the whole replica
@@ -96,6 +96,7 @@ class _Internal:
 _POLL_DUE = _Internal("poll")
 _FETCH_DUE = _Internal("fetch")
 _STORE_DUE = _Internal("store")
+_SEARCH_DUE = _Internal("search")
 _STEP_DUE: dict[lc.Step, _Internal] = {"poll": _POLL_DUE, "fetch": _FETCH_DUE, "store": _STORE_DUE}
 
 
@@ -272,6 +273,8 @@ class Jobs:
         decision = lc.decide(record, event, actor.key, _now(), self._policy)
         if isinstance(event, lc.StepFailed) and decision.record is not None:
             self._metrics.step_failed(event.step, exhausted=decision.record.terminal)
+        if isinstance(event, lc.HistorySearched) and decision.record is not None:
+            self._count_reconciled(record, decision.record)
         decision = self._granted_at_once(actor, decision)
         if (built := _announcing(decision)) is not None:
             # The outcome, its event and the note that it was announced commit together.
@@ -290,6 +293,12 @@ class Jobs:
         durable()
         for effect in decision.effects:
             await self._perform(actor, effect, source)
+
+    def _count_reconciled(self, before: LedgerRecord | None, after: LedgerRecord) -> None:
+        if after.phase is Phase.SUBMITTED:
+            self._metrics.reconciled("adopted")
+        elif before is not None and after.proven_absent > before.proven_absent:
+            self._metrics.reconciled("reposted")
 
     def _granted_at_once(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
         """A key that would wait for a slot while one is free takes it now: its `ACCEPTED`
@@ -345,10 +354,11 @@ class Jobs:
                 await self._submit(actor, start_by)
             case lc.PostLater(at=at):
                 self._schedule(actor, (at - _now()).total_seconds(), lc.RetryDue())
-            case lc.AwaitAdoption(since=since):
-                # A `since` ahead of this clock (another replica's ran fast) counts as now.
-                due = min(since, _now()) + timedelta(seconds=self._timing.unknown_grace)
-                self._schedule(actor, (due - _now()).total_seconds(), lc.UnknownUnresolved())
+            case lc.AwaitAdoption(until=until):
+                self._schedule(actor, (until - _now()).total_seconds(), lc.UnknownUnresolved())
+            case lc.SearchHistory():
+                interval = self._timing.history_search_interval * random.uniform(1.0, 1.5)
+                self._schedule(actor, interval, _SEARCH_DUE)
             case lc.Watch():
                 actor.polls = 0
                 # Spread: keys submitted together are not first polled together.
@@ -408,6 +418,8 @@ class Jobs:
             await self._fetch(actor)
         elif due is _STORE_DUE and record.phase is Phase.RESULT_READY:
             await self._store(actor)
+        elif due is _SEARCH_DUE and record.phase is Phase.UNKNOWN:
+            await self._apply(actor, await self._steps.search(record))
 
     # --- steps and what follows them ------------------------------------------------------
 

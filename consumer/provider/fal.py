@@ -14,6 +14,7 @@ failure is classified instead:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from genrelay.consumer.errors import (
 )
 from genrelay.consumer.provider.provider import (
     JSON,
+    START_TIMEOUT_ERROR_TYPE,
     CancelOutcome,
     ErrorInfo,
     JobResult,
@@ -50,6 +52,7 @@ from genrelay.consumer.provider.provider import (
     LogLine,
     Priority,
     Submission,
+    Tags,
     WebhookNews,
 )
 
@@ -131,6 +134,9 @@ def classify_error(status_code: int | None, body: JSON, headers: Mapping[str, st
         or _str(first.get("type"))
         or (f"http_{status_code}" if status_code is not None else "unknown")
     )
+    if headers.get("x-fal-request-timeout-type") == "user":
+        # Our own time-to-start deadline expired: the request never ran, and is not billed.
+        error_type = START_TIMEOUT_ERROR_TYPE
     message = (
         _str(detail)
         or _str(first.get("msg"))
@@ -201,7 +207,12 @@ class FalProvider:
         base_url: str = DEFAULT_QUEUE_URL,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         client: httpx.AsyncClient | None = None,
+        output_lifetime: float | None = None,
+        disable_fallbacks: bool = False,
     ) -> None:
+        """`output_lifetime`: seconds fal keeps a request's output files (sent explicitly,
+        so the account's default cannot shorten it); `disable_fallbacks`: fal must not route
+        a request to an equivalent endpoint after its retries."""
         if not base_url.startswith(("https://", "http://")):
             raise ValueError(f"queue base URL must be http(s): {base_url!r}")
         self._base_url = base_url.rstrip("/")
@@ -211,6 +222,7 @@ class FalProvider:
         # and a URL naming another host must not carry our credential there.
         self._key_host = httpx.URL(self._base_url).host
         self._timeout = timeout
+        self._fixed_submit_headers = _fixed_submit_headers(output_lifetime, disable_fallbacks)
         self._client = client if client is not None else httpx.AsyncClient()
         self._owns_client = client is None
         self._closed = False
@@ -233,15 +245,19 @@ class FalProvider:
         webhook_url: str | None,
         priority: Priority,
         start_timeout: float | None = None,
+        tags: Tags | None = None,
     ) -> Submission:
         """POST one request to the queue, exactly once; see the module docstring for errors."""
         app_path(endpoint)  # refuse a malformed id before anything is sent
+        headers = {**self._fixed_submit_headers, **_submit_headers(priority, start_timeout)}
+        if tags is not None:
+            headers["X-Fal-Tags"] = tags_header(tags)
         response = await self._send(
             "POST",
             f"{self._base_url}/{endpoint}",
             json=input,
             params={"fal_webhook": webhook_url} if webhook_url is not None else None,
-            headers=_submit_headers(priority, start_timeout),
+            headers=headers,
         )
         if not response.is_success:
             raise _failure(response)
@@ -345,6 +361,33 @@ class FalProvider:
             cancel_url=_str(body.get("cancel_url")) or rebuilt.cancel_url,
             queue_position=_int(body.get("queue_position")),
         )
+
+
+# fal's gateway drops (silently) tags that break these rules; genrelay never sends such.
+_TAG_VALUE = re.compile(r"[\x20-\x2b\x2d-\x7e]{1,256}")  # printable ASCII but ","
+
+
+def tags_header(tags: Tags) -> str:
+    """`X-Fal-Tags`: comma-separated `key=value` pairs (fal.ai/docs/documentation/model-apis/
+    request-tags). The key is hashed: fal's reports identify it without showing it."""
+    pairs = [f"gr.key={tags.key_hash}", f"gr.attempt={tags.attempt}"]
+    tenant = (tags.tenant or "").strip()
+    if _TAG_VALUE.fullmatch(tenant):
+        pairs.append(f"tenant={tenant}")
+    return ",".join(pairs)
+
+
+def _fixed_submit_headers(output_lifetime: float | None, disable_fallbacks: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if output_lifetime is not None:
+        # Explicit, so an account default cannot expire outputs before they are copied.
+        lifetime = {"expiration_duration_seconds": math.ceil(output_lifetime)}
+        headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(lifetime)
+    if disable_fallbacks:
+        # fal.ai/docs/documentation/model-apis/inference/reliability: no rerouting to an
+        # equivalent endpoint after fal's own retries.
+        headers["x-app-fal-disable-fallback"] = "true"
+    return headers
 
 
 def _submit_headers(priority: Priority, start_timeout: float | None) -> dict[str, str]:

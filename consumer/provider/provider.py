@@ -7,6 +7,7 @@ An adapter (``genrelay.consumer.provider.fal``) implements ``Provider`` and rais
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Protocol, TypeAlias
 
@@ -15,6 +16,8 @@ JSONObject: TypeAlias = "dict[str, JSON]"
 
 # The error type a provider reports for a request that was cancelled at our request.
 CANCELLED_ERROR_TYPE = "client_cancelled"
+# The error type of a request that reached its time-to-start deadline: it never ran.
+START_TIMEOUT_ERROR_TYPE = "start_timeout"
 
 
 class JobState(StrEnum):
@@ -115,8 +118,43 @@ class WebhookNews:
         return self.ok and (self.payload is None or self.payload_error is not None)
 
 
+@dataclass(frozen=True)
+class ListedRequest:
+    """One request as the provider's request history lists it."""
+
+    request_id: str
+    endpoint: str
+    sent_at: datetime | None
+    input: JSON
+    status_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Tags:
+    """What a submit is labelled with at the provider, to find it in its records later."""
+
+    key_hash: str
+    attempt: int
+    tenant: str | None = None
+
+
+class RequestHistory(Protocol):
+    """The provider's own record of the requests it received (it lags behind the queue)."""
+
+    async def requests(
+        self, endpoint: str, *, start: datetime, end: datetime | None
+    ) -> list[ListedRequest]:
+        """Every request on `endpoint` sent in `[start, end)` (end None: up to now), with its
+        input; raises ``ProviderError`` when the history cannot be read whole."""
+        ...
+
+
 class Provider(Protocol):
     """A paid inference queue. Every method raises only ``ProviderError`` subclasses."""
+
+    def submission_for(self, endpoint: str, request_id: str) -> Submission:
+        """The handle of a request known only by its id (from a webhook or the history)."""
+        ...
 
     async def submit(
         self,
@@ -126,6 +164,7 @@ class Provider(Protocol):
         webhook_url: str | None,
         priority: Priority,
         start_timeout: float | None = None,
+        tags: Tags | None = None,
     ) -> Submission:
         """Enqueue one paid request. ``NotSent`` may be retried; ``MaybeSent`` must not.
         ``start_timeout``: seconds within which the provider must start it, or never."""

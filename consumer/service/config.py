@@ -70,6 +70,18 @@ class Settings(BaseSettings):
         None,
         description="your fal user id: webhooks signed for any other account are refused",
     )
+    fal_platform_url: str = Field(
+        "https://api.fal.ai/v1", description="fal's Platform API (request history, billing)"
+    )
+    output_lifetime_seconds: float | None = Field(
+        86400.0,
+        ge=60,
+        description="how long fal keeps output files (sent on every submit); unset: the"
+        " account's default",
+    )
+    disable_fallbacks: bool = Field(
+        False, description="forbid fal to reroute a request to an equivalent endpoint"
+    )
     public_webhook_url: str | None = Field(
         None, description="public base URL of the receiver; unset means polling only"
     )
@@ -155,6 +167,28 @@ class Settings(BaseSettings):
     resubmit_unknown: bool = Field(
         False, description="re-post an ambiguous submit nobody adopted (may pay twice)"
     )
+    reconcile_from_history: bool = Field(
+        True,
+        description="settle ambiguous submits from fal's request history (adopt, or re-post"
+        " once it proves the request never arrived)",
+    )
+    history_lag_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="longest time fal's request history takes to list a request it received",
+    )
+    clock_skew_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how far fal's clock may be from ours (plus a request's trip), when its"
+        " records must prove a request never arrived",
+    )
+    start_timeout_seconds: float | None = Field(
+        600.0,
+        ge=1,
+        description="fal must start each request within this or never (X-Fal-Request-Timeout)"
+        "; also bounds how long an ambiguous submit stays open. Unset: only `deadline`s",
+    )
     dedup_window_days: float = Field(7.0, gt=0, description="how long a key is remembered")
     state_dir: Path = Field(
         Path("/tmp/genrelay-state"),
@@ -236,4 +270,13 @@ class Settings(BaseSettings):
             resubmit_unknown=self.resubmit_unknown,
             max_step_failures=self.step_max_failures,
             step_deadline=timedelta(seconds=self.step_deadline_seconds),
+            unknown_grace=timedelta(seconds=self.unknown_grace_seconds),
+            start_timeout=(
+                None
+                if self.start_timeout_seconds is None
+                else timedelta(seconds=self.start_timeout_seconds)
+            ),
+            reconcile=self.reconcile_from_history,
+            history_lag=timedelta(seconds=self.history_lag_seconds),
+            clock_slack=timedelta(seconds=self.clock_skew_seconds),
         )

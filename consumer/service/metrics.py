@@ -128,6 +128,14 @@ class RelayMetrics:
         self._ambiguous = meter.create_counter(
             "genrelay.ambiguous_submits", description="submits whose outcome became UNKNOWN"
         )
+        self._history_searches = meter.create_counter(
+            "genrelay.history_searches",
+            description="searches of the provider's request history for an ambiguous submit",
+        )
+        self._reconciled = meter.create_counter(
+            "genrelay.reconciled_submits",
+            description="ambiguous submits settled from the provider's request history",
+        )
         self._duplicates = meter.create_counter(
             "genrelay.duplicates_suppressed", description="records for a key already in hand"
         )
@@ -243,6 +251,15 @@ class RelayMetrics:
     def ambiguous_submit(self, endpoint: str) -> None:
         """A submit may or may not have arrived; the key went UNKNOWN."""
         self._ambiguous.add(1, {"endpoint": endpoint})
+
+    def history_search(self, outcome: str) -> None:
+        """A search of the request history: `found`, `none` or `unavailable`."""
+        self._history_searches.add(1, {"outcome": outcome})
+
+    def reconciled(self, outcome: str) -> None:
+        """An ambiguous submit settled by the history: `adopted`, or `reposted` (proven never
+        to have arrived)."""
+        self._reconciled.add(1, {"outcome": outcome})
 
     def duplicate_suppressed(self) -> None:
         """A submit record for a key already known changed nothing."""

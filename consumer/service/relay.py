@@ -47,6 +47,7 @@ from genrelay.consumer.intake.offsets import PartitionOffsets
 from genrelay.consumer.ledger.ledger import Ledger, RestoreStats
 from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
 from genrelay.consumer.provider.fal import FalProvider
+from genrelay.consumer.provider.fal_platform import FalPlatform
 from genrelay.consumer.provider.http_transport import pooled_client
 from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
 from genrelay.consumer.provider.webhook_signature import JwksCache, WebhookToken
@@ -113,7 +114,16 @@ class Relay:
         )
         self._http = pooled_client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.provider = FalProvider(
-            settings.fal_key.get_secret_value(), base_url=settings.fal_queue_url, client=self._http
+            settings.fal_key.get_secret_value(),
+            base_url=settings.fal_queue_url,
+            client=self._http,
+            output_lifetime=settings.output_lifetime_seconds,
+            disable_fallbacks=settings.disable_fallbacks,
+        )
+        self.platform = FalPlatform(
+            settings.fal_key.get_secret_value(),
+            base_url=settings.fal_platform_url,
+            client=self._http,
         )
         self.writers = Writers()
         self._state_dir = _state_dir(settings)
@@ -165,8 +175,9 @@ class Relay:
         timing = Timing(
             poll_grace=settings.poll_grace_seconds,
             poll_max_interval=settings.poll_max_interval_seconds,
-            unknown_grace=settings.unknown_grace_seconds,
             poll_rate=settings.poll_rate_per_second,
+            # A few searches per lag: an arrived request is adopted soon after it is listed.
+            history_search_interval=min(30.0, max(1.0, settings.history_lag_seconds / 4)),
         )
         steps = Steps(
             provider=self.provider,
@@ -175,6 +186,7 @@ class Relay:
             webhook_url=self._webhook_url,
             observers=observers,
             backoff=lambda attempt: self.jobs.backoff(attempt),
+            history=self.platform if settings.reconcile_from_history else None,
         )
         self.jobs = Jobs(
             ledger=self.ledger,

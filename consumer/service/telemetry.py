@@ -61,6 +61,7 @@ class Step(StrEnum):
     UPLOAD = "upload"
     PUBLISH = "publish"
     CANCEL = "cancel"
+    SEARCH = "search"
 
 
 _STEP_KIND = {
@@ -72,6 +73,7 @@ _STEP_KIND = {
     Step.UPLOAD: SpanKind.CLIENT,
     Step.PUBLISH: SpanKind.PRODUCER,
     Step.CANCEL: SpanKind.CLIENT,
+    Step.SEARCH: SpanKind.CLIENT,
 }
 
 

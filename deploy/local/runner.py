@@ -47,6 +47,7 @@ def relay_settings(info: StackInfo, emulator: EmulatorServer, port: int) -> Sett
     return Settings(
         kafka_bootstrap=info.kafka_bootstrap,
         fal_queue_url=emulator.base_url,
+        fal_platform_url=f"{emulator.base_url}/v1",
         fal_key="emulator-key",
         fal_jwks_url=emulator.jwks_url,
         http_port=port,

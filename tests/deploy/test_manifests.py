@@ -476,13 +476,25 @@ def test_compose_defaults_build_valid_settings_for_real_fal(clean_env: pytest.Mo
     """Without the emulator block of .env.example, the defaults in compose.yaml are fal's."""
     emulator_block = {
         env_name(f)
-        for f in ("fal_queue_url", "fal_jwks_url", "download_hosts", "allow_private_downloads")
+        for f in (
+            "fal_queue_url",
+            "fal_jwks_url",
+            "fal_platform_url",
+            "download_hosts",
+            "allow_private_downloads",
+        )
     }
     env_file = {k: v for k, v in example_env().items() if k not in emulator_block}
     resolved = interpolated(compose(), env_file)
     env = environment(resolved["services"]["genrelay"])
     settings = settings_from_env(clean_env, {k: v for k, v in env.items() if k.startswith(PREFIX)})
-    for field in ("fal_queue_url", "fal_jwks_url", "download_hosts", "allow_private_downloads"):
+    for field in (
+        "fal_queue_url",
+        "fal_jwks_url",
+        "fal_platform_url",
+        "download_hosts",
+        "allow_private_downloads",
+    ):
         assert getattr(settings, field) == default_of(field), field
 
 

@@ -55,8 +55,11 @@ async def test_kill_at_phase_boundary_then_restart_pays_once(
         stack,
         patient_emulator,
         instance_id="relay-1",
-        resubmit_unknown=True,
-        unknown_grace_seconds=10.0,
+        # A key that died between its intent and its POST is reconciled from the request
+        # history: adopted if the POST arrived, re-posted once the history proves it did not.
+        start_timeout_seconds=10.0,
+        history_lag_seconds=1.0,
+        clock_skew_seconds=1.0,
         poll_grace_seconds=2.0,
     )
     keys = [f"crash-{n}" for n in range(JOBS)]

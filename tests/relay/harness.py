@@ -38,6 +38,7 @@ def relay_settings(stack: StackInfo, emulator: EmulatorServer, **overrides: Any)
         "topic_dead_letter": f"{run}.dead-letter",
         "partitions": 3,
         "fal_queue_url": emulator.base_url,
+        "fal_platform_url": f"{emulator.base_url}/v1",
         "fal_key": "emulator-key",
         "fal_jwks_url": emulator.jwks_url,
         "http_port": port,

@@ -49,7 +49,11 @@ async def test_another_accounts_job_sent_to_our_url_is_never_adopted(
 ) -> None:
     emulator.configure(accounts={ATTACKER_KEY: "someone-else"})
     emulator.arm(drop_submit_responses=1, lose_webhooks=1)
-    settings = relay_settings(stack, emulator, unknown_grace_seconds=3.0)
+    # Not reconciled from the request history, which would adopt its own request at once:
+    # only a webhook can name a request here.
+    settings = relay_settings(
+        stack, emulator, unknown_grace_seconds=3.0, reconcile_from_history=False
+    )
     async with running(settings):
         await produce(
             stack.kafka_bootstrap, settings.topic_requests, [(b"mine", submit_record("mine", "x"))]
@@ -72,7 +76,11 @@ async def test_with_the_account_pinned_another_accounts_webhook_is_refused_at_th
     emulator.configure(accounts={ATTACKER_KEY: "someone-else"})
     emulator.arm(drop_submit_responses=1, lose_webhooks=1)
     settings = relay_settings(
-        stack, emulator, unknown_grace_seconds=3.0, fal_user_id="emulator-user"
+        stack,
+        emulator,
+        unknown_grace_seconds=3.0,
+        fal_user_id="emulator-user",
+        reconcile_from_history=False,
     )
     async with running(settings) as relay:
         await produce(

@@ -417,6 +417,7 @@ async def test_expired_start_timeout_of_our_own_is_not_retryable() -> None:
     )
     assert result.error is not None
     assert not result.error.retryable
+    assert result.error.type == "start_timeout"
 
 
 async def test_cancelled_request_is_distinguishable() -> None:

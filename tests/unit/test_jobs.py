@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,7 +68,7 @@ async def world(
     metrics = RelayMetrics()
     observers = Observers(NoOpTracer(), metrics, RecentOutcomes())
     crashes: list[BaseException] = []
-    quick: dict[str, float] = {"poll_grace": 0.01, "poll_max_interval": 0.05, "unknown_grace": 60}
+    quick = {"poll_grace": 0.01, "poll_max_interval": 0.05, "history_search_interval": 0.01}
     settings = Timing(**{**quick, "retry_base": 0.01, "retry_max": 0.05, **timing})
     jobs: Jobs
     steps = Steps(
@@ -78,6 +78,7 @@ async def world(
         webhook_url=lambda key, attempt: f"http://relay/webhooks/fal?key={key}&attempt={attempt}",
         observers=observers,
         backoff=lambda attempt: jobs.backoff(attempt),
+        history=provider,
     )
     shared = Slots(slots, slots)
     jobs = Jobs(
@@ -219,3 +220,69 @@ async def test_a_key_still_waiting_for_a_slot_at_its_deadline_ends_then_unpaid()
         assert record.last_error.type == "deadline_exceeded"
         assert len(w.provider.submits) == 1
         assert w.slots.waiting == 0
+
+
+# Reconciling from the request history, with times small enough for a test: the proof of
+# absence comes 0.3 s (start deadline) + 0.3 s (lag) + 0.1 s (slack) after the POST.
+RECONCILING = lc.Policy(
+    reconcile=True,
+    start_timeout=timedelta(seconds=0.3),
+    history_lag=timedelta(seconds=0.3),
+    clock_slack=timedelta(seconds=0.1),
+)
+
+
+async def test_a_lost_answer_is_adopted_from_the_request_history_not_reposted() -> None:
+    async with world(policy=RECONCILING) as w:
+        w.provider.lose_answers = 1  # it arrived, and is paid for, but its answer is lost
+        w.submit("a")
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
+        record = w.ledger.get("a")
+    assert len(w.provider.submits) == 1
+    assert record is not None
+    assert record.adopted
+    assert record.proven_absent == 0
+    # Its tags name the key without showing it, and the attempt.
+    tags = w.provider.tags[0]
+    assert tags is not None
+    assert tags.attempt == 1
+    assert tags.key_hash != "a"
+
+
+async def test_a_post_that_never_arrived_is_reposted_once_the_history_proves_it() -> None:
+    async with world(policy=RECONCILING) as w:
+        w.provider.submit_answers.append(raising(MaybeSent("reset on the way up")))
+        w.submit("a")
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
+        record = w.ledger.get("a")
+    assert len(w.provider.submits) == 1  # the only POST that arrived
+    assert record is not None
+    assert (record.attempts, record.proven_absent, record.adopted) == (2, 1, False)
+
+
+async def test_a_request_the_history_lists_only_late_is_adopted_never_reposted() -> None:
+    async with world(policy=RECONCILING) as w:
+        w.provider.history_visible = False  # indexing lags behind the queue
+        w.provider.lose_answers = 1
+        w.submit("a")
+        await eventually(lambda: w.provider.history_reads >= 3, timeout=30)
+        w.provider.history_visible = True  # listed within the lag
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
+        record = w.ledger.get("a")
+    assert len(w.provider.submits) == 1
+    assert record is not None
+    assert record.adopted
+
+
+async def test_an_unreadable_history_never_reposts_and_the_grace_ends_the_key() -> None:
+    policy = replace(RECONCILING, unknown_grace=timedelta(seconds=1.5))
+    async with world(policy=policy) as w:
+        w.provider.history_down = True
+        w.provider.submit_answers.append(raising(MaybeSent("reset on the way up")))
+        w.submit("a")
+        await eventually(lambda: w.events("a") == ["failed"], timeout=30)
+        record = w.ledger.get("a")
+    assert w.provider.submits == []
+    assert record is not None
+    assert record.last_error is not None
+    assert record.last_error.type == "submit_unknown"

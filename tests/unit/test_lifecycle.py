@@ -15,6 +15,7 @@ from genrelay.schemas.webhooks import WebhookDelivery
 
 KEY = "order-42/hero"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+GRACE = lc.Policy().unknown_grace
 JOB = ProviderJob(
     request_id="req-1",
     status_url="http://q/fal-ai/flux/requests/req-1/status",
@@ -98,7 +99,7 @@ def test_the_unknown_grace_counts_from_when_the_submit_became_ambiguous() -> Non
     assert record is not None
     later = NOW + timedelta(minutes=5)
     decision = lc.decide(record, lc.Restored(), KEY, later)
-    assert decision.effects == (lc.AwaitAdoption(NOW),)
+    assert decision.effects == (lc.AwaitAdoption(NOW + GRACE),)
 
 
 def test_replayed_record_never_resubmits() -> None:
@@ -134,7 +135,7 @@ def test_ambiguous_submit_becomes_unknown_and_is_adopted_by_webhook() -> None:
     record, decision = step(posting(), lc.Ambiguous(ERROR))
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(NOW),)
+    assert decision.effects == (lc.AwaitAdoption(NOW + GRACE),)
     unconfirmed = webhook(record, confirmed=False)
     # Anyone who learnt the URL could have sent a job to it: ask whose request it is first.
     assert lc.decide(record, unconfirmed, KEY, NOW) == lc.Decision(
@@ -155,7 +156,7 @@ def test_restored_submitting_is_never_reposted() -> None:
     record, decision = step(posting(), lc.Restored())
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(NOW),)
+    assert decision.effects == (lc.AwaitAdoption(NOW + GRACE),)
 
 
 def test_unknown_nobody_adopted_fails_unless_resubmission_is_the_policy() -> None:
@@ -191,7 +192,7 @@ def test_crash_during_a_retried_post_never_reposts() -> None:
     record, decision = step(record, lc.Restored())
     assert record is not None
     assert record.phase is Phase.UNKNOWN
-    assert decision.effects == (lc.AwaitAdoption(NOW),)
+    assert decision.effects == (lc.AwaitAdoption(NOW + GRACE),)
 
 
 def test_success_is_announced_only_after_files_are_stored() -> None:
@@ -269,13 +270,22 @@ MOVES = st.lists(
             "fetch_failed",
             "store_failed",
             "foreign_webhook",
+            "history",
+            "history_down",
+            "start_timeout",
         ]
     ),
     max_size=40,
 )
 
 
-SMALL_BUDGET = lc.Policy(max_step_failures=3)
+# Reconciling from a truthful request history: it lists every request that arrived.
+SMALL_BUDGET = lc.Policy(
+    max_step_failures=3,
+    reconcile=True,
+    start_timeout=timedelta(seconds=60),
+    history_lag=timedelta(seconds=30),
+)
 FAILING_STEPS: dict[str, lc.Step] = {
     "poll_failed": "poll",
     "fetch_failed": "fetch",
@@ -290,13 +300,15 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     slot_due = False  # a slot the key waits for
     post_due = False  # a POST the relay would perform now
     paid = 0  # POSTs the provider may have accepted
+    arrived: set[int] = set()  # the attempts whose POST reached the provider
+    ran = False  # a request of the key started running (a start timeout can no longer hit)
     announced: set[tuple[str, str]] = set()
     cancelled_before_any_post = False
     posts_after_that = 0
     clock = NOW  # steps back and jumps ahead, as wall clocks (and other replicas') do
 
     def apply(event: lc.Event) -> None:
-        nonlocal record, post_due, slot_due, posts_after_that
+        nonlocal record, post_due, slot_due, posts_after_that, ran
         decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
         record = decision.record or record
         for effect in decision.effects:
@@ -318,6 +330,8 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             post_due = False
             if move in ("post_ok", "post_ambiguous"):
                 paid += 1
+                assert record is not None
+                arrived.add(record.attempts)
             outcomes: dict[str, lc.Event] = {
                 "post_ok": lc.Accepted(JOB),
                 "post_not_sent": lc.NotSent(ERROR, 1.0),
@@ -336,6 +350,8 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             apply(lc.Restored())
         elif move == "crash_mid_post" and post_due:
             paid += 1  # the POST reached the provider, but its answer died with us
+            assert record is not None
+            arrived.add(record.attempts)
             post_due = False
             apply(lc.Restored())
         elif move == "retry_due":
@@ -360,6 +376,23 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             # Another account's job, sent to our URL: its request is never adopted, because
             # asking with our key does not find it (ConfirmAccount comes back empty).
             apply(webhook(record, confirmed=False, request_id="evil", job=EVIL_JOB))
+        elif move == "history" and record is not None:
+            listed = (JOB,) if record.attempts in arrived else ()
+            apply(lc.HistorySearched(listed, clock))
+        elif move == "history_down":
+            apply(lc.HistorySearched(None, clock))
+        elif (
+            move == "start_timeout"
+            and record is not None
+            and not ran
+            and record.job
+            and (record.phase is Phase.SUBMITTED)
+        ):
+            # fal's answer when our start deadline passed first: it never ran, nor billed.
+            timeout = ErrorDetail(type="start_timeout", message="never started", retryable=False)
+            paid -= 1
+            ran = True  # one such answer per test keeps the count simple
+            apply(lc.News(request_id="req-1", ok=False, error=timeout))
         elif move in FAILING_STEPS:
             apply(lc.StepFailed(FAILING_STEPS[move], ERROR))
         elif move == "clock_back":
@@ -594,3 +627,135 @@ def test_a_retry_due_after_the_deadline_ends_the_key_instead_of_posting() -> Non
     assert decision.record.phase is Phase.FAILED
     assert decision.record.last_error is not None
     assert decision.record.last_error.type == "deadline_exceeded"
+
+
+# --- reconciling ambiguous submits from the provider's request history ----------------------
+
+RECONCILE = lc.Policy(
+    reconcile=True,
+    start_timeout=timedelta(seconds=60),
+    history_lag=timedelta(seconds=30),
+    clock_slack=timedelta(seconds=5),
+)
+PROVABLE = NOW + timedelta(seconds=60 + 30 + 5)  # start deadline, lag and slack after the POST
+
+
+def reconciling(event: lc.Event | None = None) -> LedgerRecord:
+    record, _ = step(None, SUBMIT)
+    granted = lc.decide(record, lc.SlotGranted(), KEY, NOW, RECONCILE)
+    assert granted.record is not None
+    assert granted.record.start_by == NOW + timedelta(seconds=60)
+    assert granted.effects == (lc.Post(NOW + timedelta(seconds=60)),)
+    unknown = lc.decide(granted.record, event or lc.Ambiguous(ERROR), KEY, NOW, RECONCILE)
+    assert unknown.record is not None
+    assert unknown.record.phase is Phase.UNKNOWN
+    assert unknown.effects == (lc.SearchHistory(),)
+    return unknown.record
+
+
+def test_an_ambiguous_submit_the_history_lists_is_adopted_never_reposted() -> None:
+    record = reconciling()
+    decision = lc.decide(record, lc.HistorySearched((JOB,), NOW), KEY, NOW, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.SUBMITTED
+    assert decision.record.adopted
+    assert decision.record.job == JOB
+    assert decision.effects == (lc.Watch(),)
+
+
+def test_a_crash_between_the_intent_and_the_post_is_reconciled_the_same_way() -> None:
+    record = reconciling(lc.Restored())
+    decision = lc.decide(record, lc.HistorySearched((JOB,), NOW), KEY, NOW, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.SUBMITTED
+
+
+def test_an_empty_history_proves_nothing_until_the_start_deadline_and_lag_have_passed() -> None:
+    record = reconciling()
+    early = PROVABLE - timedelta(seconds=1)
+    decision = lc.decide(record, lc.HistorySearched((), early), KEY, early, RECONCILE)
+    assert decision == lc.Decision(None, (lc.SearchHistory(),))
+    # An answer read before the proof time proves nothing, even if decided after it.
+    decision = lc.decide(record, lc.HistorySearched((), early), KEY, PROVABLE, RECONCILE)
+    assert decision == lc.Decision(None, (lc.SearchHistory(),))
+
+
+def test_a_submit_the_history_proves_never_arrived_is_reposted_once_and_counted() -> None:
+    record = reconciling()
+    decision = lc.decide(record, lc.HistorySearched((), PROVABLE), KEY, PROVABLE, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.SUBMITTING
+    assert (decision.record.attempts, decision.record.proven_absent) == (2, 1)
+    assert decision.record.posted_at == PROVABLE
+    new_start_by = PROVABLE + timedelta(seconds=60)
+    assert decision.effects == (lc.Post(new_start_by),)
+
+
+def test_without_a_start_deadline_absence_is_never_proven() -> None:
+    policy = lc.Policy(reconcile=True, start_timeout=None)
+    record, _ = step(None, SUBMIT)
+    record = lc.decide(record, lc.SlotGranted(), KEY, NOW, policy).record
+    record = lc.decide(record, lc.Ambiguous(ERROR), KEY, NOW, policy).record
+    assert record is not None
+    assert record.start_by is None
+    much_later = NOW + timedelta(hours=1)
+    decision = lc.decide(record, lc.HistorySearched((), much_later), KEY, much_later, policy)
+    # Not re-posted: past the grace, the key ends as an unresolved ambiguous submit.
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
+    assert decision.record.last_error is not None
+    assert decision.record.last_error.type == "submit_unknown"
+
+
+def test_several_look_alikes_or_an_unreadable_history_settle_nothing_until_the_grace() -> None:
+    record = reconciling()
+    twins = (JOB, EVIL_JOB)
+    for matches in (twins, None):
+        decision = lc.decide(
+            record, lc.HistorySearched(matches, PROVABLE), KEY, PROVABLE, RECONCILE
+        )
+        assert decision == lc.Decision(None, (lc.SearchHistory(),))
+    past = NOW + RECONCILE.unknown_grace + timedelta(seconds=1)
+    ended = lc.decide(record, lc.HistorySearched(twins, past), KEY, past, RECONCILE)
+    assert ended.record is not None
+    assert ended.record.phase is Phase.FAILED
+
+
+def test_a_cancel_while_unknown_ends_cancelled_unpaid_once_absence_is_proven() -> None:
+    cancelled = lc.decide(reconciling(), lc.CancelCommand(), KEY, NOW, RECONCILE).record
+    assert cancelled is not None
+    record = cancelled
+    assert record.cancel_requested
+    decision = lc.decide(record, lc.HistorySearched((), PROVABLE), KEY, PROVABLE, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.CANCELLED
+    assert not any(isinstance(e, lc.Post) for e in decision.effects)
+
+
+def test_the_start_deadline_never_extends_past_the_requests_deadline() -> None:
+    deadline = NOW + timedelta(seconds=20)
+    request = {**SUBMIT.request, "deadline": deadline.isoformat()}
+    record = lc.decide(None, lc.SubmitCommand(request, "f1", SUBMIT.endpoint), KEY, NOW).record
+    granted = lc.decide(record, lc.SlotGranted(), KEY, NOW, RECONCILE)
+    assert granted.record is not None
+    assert granted.record.start_by == deadline
+    assert granted.effects == (lc.Post(deadline),)
+
+
+def test_a_request_our_start_deadline_stopped_is_queued_again_unpaid() -> None:
+    record = lc.decide(reconciling(), lc.HistorySearched((JOB,), NOW), KEY, NOW, RECONCILE).record
+    timeout = ErrorDetail(type="start_timeout", message="never started", retryable=False)
+    news = lc.News(request_id="req-1", ok=False, error=timeout)
+    later = NOW + timedelta(seconds=61)
+    decision = lc.decide(record, news, KEY, later, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.SUBMITTING
+    assert decision.record.job is None
+    assert decision.record.attempts == 2
+    assert decision.effects == (lc.Post(later + timedelta(seconds=60)),)
+    # Out of attempts, it fails with what the provider said.
+    assert record is not None
+    spent = record.model_copy(update={"attempts": RECONCILE.max_submit_attempts})
+    decision = lc.decide(spent, news, KEY, later, RECONCILE)
+    assert decision.record is not None
+    assert decision.record.phase is Phase.FAILED
