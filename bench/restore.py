@@ -81,6 +81,8 @@ def record_template() -> str:
         timings=Timings(queued_ms=12, running_ms=0, total_ms=12),
         attempts=1,
         cost_units=None,
+        cost_usd=None,
+        cost_source=None,
         metadata={},
         replayed=False,
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from genrelay.chaos.environment import ChaosStack
 from genrelay.chaos.report import ScenarioReport, table
-from genrelay.chaos.runner import run_scenario
+from genrelay.chaos.runner import WEBHOOK_MODES, run_scenario
 from genrelay.chaos.scenarios import BY_NAME, SCENARIOS, Scenario, Size
 
 
@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs", type=int, metavar="N", help="this many jobs per scenario (same arrival rate)"
     )
     parser.add_argument("--seed", type=int, default=0, help="the emulator's random seed")
+    parser.add_argument(
+        "--webhooks",
+        choices=WEBHOOK_MODES,
+        default="on",
+        help="on (default); lost: fal loses every webhook; off: the relays poll only",
+    )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the reports here")
     parser.add_argument(
@@ -80,6 +86,8 @@ def _command(scenario: Scenario, args: argparse.Namespace) -> str:
         words += ["--jobs", str(args.jobs)]
     if args.seed:
         words += ["--seed", str(args.seed)]
+    if args.webhooks != "on":
+        words += ["--webhooks", args.webhooks]
     return shlex.join(words)
 
 
@@ -134,6 +142,7 @@ async def _run(
                     size_name="smoke" if args.smoke else "full",
                     command=_command(scenario, args),
                     seed=args.seed,
+                    webhooks=args.webhooks,
                 )
                 print(f"chaos: {table([report]).splitlines()[-1]}", file=sys.stderr, flush=True)
                 reports.append(report)

@@ -46,11 +46,14 @@ EMULATOR_DEFAULTS: Mapping[str, Any] = {
     "run_latency": "uniform:500:2500",
     "webhook_retries": 60,
     "webhook_backoff_max_ms": 500.0,
+    "history_lag_s": 1.0,  # the request history lists a request a second after it arrived
 }
 
-# Short timers so a bounded run can see every path end: polls after 3 s without a webhook,
-# and an ambiguous submit nobody adopts within 30 s fails (never re-posted: a failure is
-# visible, a second payment would not be).
+# Short timers so a bounded run can see every path end: polls after 3 s without a webhook;
+# an ambiguous submit is adopted from the request history (listed within 2 s), or re-posted
+# once the history proves it never arrived (60 s start deadline, so a 20 s cold start never
+# expires one); one neither settles fails within 30 s of that (never re-posted blindly: a
+# failure is visible, a second payment would not be).
 RELAY_DEFAULTS: Mapping[str, Any] = {
     "partitions": 6,
     "session_timeout_ms": 6000,
@@ -60,7 +63,14 @@ RELAY_DEFAULTS: Mapping[str, Any] = {
     "shutdown_grace_seconds": 5.0,
     "unknown_grace_seconds": 30.0,
     "resubmit_unknown": False,
+    "start_timeout_seconds": 60.0,
+    "history_lag_seconds": 2.0,
+    "clock_skew_seconds": 1.0,
 }
+
+# How webhooks reach the relays in a run: all of them, none (fal loses every one), or none
+# asked for (polling only).
+WEBHOOK_MODES = ("on", "lost", "off")
 
 
 class UnsupportedScenarioError(RuntimeError):
@@ -136,13 +146,15 @@ async def run_scenario(
     size_name: str,
     command: str,
     seed: int = 0,
+    webhooks: str = "on",
 ) -> ScenarioReport:
     """Run one scenario against `servers` and report what it showed."""
     check_supported(scenario, servers, api)
     run = uuid.uuid4().hex[:8]
     provider_port = free_port()
+    lost = {"webhook_loss_rate": 1.0} if webhooks == "lost" else {}
     settings = EmulatorSettings(
-        **{**EMULATOR_DEFAULTS, **scenario.emulator},
+        **{**EMULATOR_DEFAULTS, **scenario.emulator, **lost},
         seed=seed,
         public_base_url=f"http://127.0.0.1:{provider_port}" if api else None,
     )
@@ -159,7 +171,11 @@ async def run_scenario(
             kafka_bootstrap=servers.relay_bootstrap,
         )
         replica_settings = relay_settings(scenario, run, wiring, servers, None)
-        if scenario.replicas > 1:
+        if webhooks == "off":
+            replica_settings = [
+                s.model_copy(update={"public_webhook_url": None}) for s in replica_settings
+            ]
+        elif scenario.replicas > 1:
             backends = [f"http://127.0.0.1:{s.http_port}" for s in replica_settings]
             front = await stack.enter_async_context(webhook_front(backends))
             replica_settings = [

@@ -97,6 +97,7 @@ class FakeProvider:
     history_reads: int = 0
     # The next this-many submits arrive (and are paid for) but their answers are lost.
     lose_answers: int = 0
+    billable_units: float | None = None  # what each result's headers say was billed
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def submission_for(self, endpoint: str, request_id: str) -> Submission:
@@ -160,7 +161,9 @@ class FakeProvider:
         await asyncio.sleep(0)
         if self.result_answers:
             return self.result_answers.popleft()()  # type: ignore[no-any-return]
-        return JobResult(ok=True, payload={"images": []}, error=None)
+        return JobResult(
+            ok=True, payload={"images": []}, error=None, billable_units=self.billable_units
+        )
 
     async def cancel(self, submission: Submission) -> CancelOutcome:
         self.cancels.append(submission.request_id)

@@ -138,6 +138,7 @@ class News:
     gateway_request_id: str | None = None
     inference_seconds: float | None = None
     cost_units: float | None = None
+    unit_price: float | None = None  # USD per unit, when the endpoint's price is known
     job: ProviderJob | None = None  # the provider's handle, when the news reveals the request
     via: Literal["webhook", "poll"] = "poll"
     # A webhook's: the submit attempt its URL was made for, and whether the request is known
@@ -146,12 +147,21 @@ class News:
     account_confirmed: bool = False
 
 
-def webhook_news(delivery: WebhookDelivery, job: ProviderJob | None, account: str | None) -> News:
+def webhook_news(
+    delivery: WebhookDelivery,
+    job: ProviderJob | None,
+    account: str | None,
+    *,
+    fetch_result: bool = False,
+) -> News:
     """What a verified webhook tells the key. `job` is the provider's handle for the request
-    it names; `account` our fal user id, when known (configured or learnt)."""
+    it names; `account` our fal user id, when known (configured or learnt). `fetch_result`:
+    read the result from the provider even when the webhook carries it (for its billed
+    units, which only the result's headers tell)."""
     # A delivery with an error or without its output is a signal to fetch the result, whose
     # status code and headers classify the outcome authoritatively.
     usable = delivery.ok and delivery.payload_error is None and delivery.payload is not None
+    usable = usable and not fetch_result
     ours = delivery.user_id is not None and delivery.user_id == account
     return News(
         request_id=delivery.request_id,
@@ -173,6 +183,7 @@ class ResultFetched:
     payload: Any
     error: ErrorDetail | None = None
     cost_units: float | None = None
+    unit_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -572,6 +583,7 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
                 payload=event.payload,
                 error=event.error,
                 cost_units=event.cost_units,
+                unit_price=event.unit_price,
             )
             return _news(record, news, now, policy)
         case ResultFetched(ok=False) if record.phase is Phase.RESULT_READY:
@@ -799,6 +811,8 @@ def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) ->
         extra["inference_seconds"] = news.inference_seconds
     if news.cost_units is not None:
         extra["cost_units"] = news.cost_units
+    if news.unit_price is not None:
+        extra["unit_price"] = news.unit_price
     if not news.ok:
         error = news.error or ErrorDetail(type="provider_error", message="failed", retryable=False)
         record = record.model_copy(update=extra)
@@ -890,10 +904,18 @@ def build_event(
         timings=_timings(record, now),
         attempts=record.attempts,
         cost_units=record.cost_units,
+        cost_usd=_cost(record),
+        cost_source="estimate" if _cost(record) is not None else None,
         metadata=record.request.metadata,
         replayed=False,
         completed_at=now,
     )
+
+
+def _cost(record: LedgerRecord) -> float | None:
+    if record.cost_units is None or record.unit_price is None:
+        return None
+    return round(record.cost_units * record.unit_price, 9)
 
 
 def _timings(record: LedgerRecord, now: datetime) -> Timings:

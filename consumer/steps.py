@@ -34,6 +34,7 @@ from genrelay.consumer.errors import (
 )
 from genrelay.consumer.events.recent_outcomes import RecentOutcomes
 from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.consumer.provider.prices import Prices
 from genrelay.consumer.provider.provider import (
     ErrorInfo,
     JobState,
@@ -136,6 +137,9 @@ def tags_of(record: LedgerRecord) -> Tags:
     return Tags(key_hash(record.idempotency_key), record.attempts, record.request.tenant)
 
 
+# fal's least time-to-start is above 0.1 s; an attempt with less left is not sent at all.
+_LEAST_START_S = 1.0
+
 # An ambiguous POST, if it arrived, reached the provider while it was being sent: within the
 # client's timeout of `posted_at`, give or take the two clocks' difference.
 _CLOCKS_APART = timedelta(seconds=60)
@@ -163,9 +167,11 @@ class Steps:
         observers: Observers,
         backoff: Callable[[int], float],
         history: RequestHistory | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self._provider = provider
         self._history = history
+        self._prices = prices
         self._files = files
         self._publisher = publisher
         self._webhook_url = webhook_url
@@ -179,7 +185,16 @@ class Steps:
         `start_by`: the provider must not start it later (its time-to-start, from now)."""
         start_timeout = None
         if start_by is not None:
-            start_timeout = max(1.0, (start_by - datetime.now(UTC)).total_seconds())
+            start_timeout = (start_by - datetime.now(UTC)).total_seconds()
+            if start_timeout < _LEAST_START_S:
+                # Too late to send this attempt: once its start deadline has passed, another
+                # owner may be proving from fal's records that it never arrived, and re-post.
+                late = ErrorDetail(
+                    type="start_deadline_passed",
+                    message="the attempt's start deadline passed before it was sent",
+                    retryable=True,
+                )
+                return lc.NotSent(late, 0.0)
         self._metrics.submitted(record.endpoint)
         failpoints.reached("before_post")
         with step_span(self._tracer, Step.SUBMIT, record.traceparent):
@@ -299,11 +314,15 @@ class Steps:
             except ProviderError as exc:
                 log.info("result fetch failed: %s", exc)
                 return lc.StepFailed("fetch", _failure(exc, "result_unavailable"))
+        unit_price = None
+        if outcome.billable_units is not None and self._prices is not None:
+            unit_price = await self._prices.unit_price(record.endpoint)
         return lc.ResultFetched(
             ok=outcome.ok,
             payload=outcome.payload,
             error=error_detail(outcome.error) if outcome.error else None,
             cost_units=outcome.billable_units,
+            unit_price=unit_price,
         )
 
     async def store(self, record: LedgerRecord) -> lc.Event:
@@ -339,11 +358,14 @@ class Steps:
         event: CompletionEvent,
         traceparent: str | None,
         commit: Callable[[Outgoing], Awaitable[None]],
+        tenant: str | None = None,
     ) -> None:
         """Announce a key's outcome; `commit` writes it with the ledger's note that it was."""
         with step_span(self._tracer, Step.PUBLISH, traceparent):
             await commit(self._publisher.completion_record(event))
         self._metrics.outcome(event.status, event.endpoint)
+        if event.cost_usd is not None:
+            self._metrics.spent(event.cost_usd, event.endpoint, tenant)
         self._recent.add(event)
         if event.status == "succeeded":
             timings = event.timings

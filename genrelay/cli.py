@@ -7,6 +7,7 @@ genrelay submit      put one request on Kafka (and with --wait, print its outcom
 genrelay bulk …      submit a JSONL/CSV file, follow it, collect a manifest, cancel it
 genrelay bench       end-to-end figures against the baselines, in one run
 genrelay chaos       run fault scenarios and check the invariants held
+genrelay audit       check from fal's billing that every key was paid for once
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
 
     bench_cli.add_arguments(commands.add_parser("bench", help="run the benchmark scenarios"))
     chaos_cli.add_arguments(commands.add_parser("chaos", help="run fault scenarios"))
+    from genrelay.audit import cli as audit_cli
+
+    audit_cli.add_arguments(
+        commands.add_parser("audit", help="check fal's billing: one charge per key")
+    )
     return parser
 
 
@@ -72,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from genrelay.bench import cli as bench_cli
 
         return bench_cli.main(args)
+    if args.command == "audit":
+        from genrelay.audit import cli as audit_cli
+
+        return audit_cli.main(args)
     if args.command == "chaos":
         from genrelay.chaos import cli as chaos_cli
 

@@ -157,3 +157,55 @@ class KafkaCompletionSource:
                     raise TimeoutError
         except TimeoutError:
             raise BrokerError(f"no offsets for {self._topic} in time", retryable=True) from None
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of a topic, from its beginning to its end as of now."""
+    # Subscribing without a group assigns every partition once the consumer has started.
+    # The reset policy must be "earliest" although the partitions are sought to their
+    # beginning below: a freshly assigned partition is also reset by the consumer itself,
+    # with this policy, and when that reset's answer arrives after `seek_to_beginning` was
+    # asked for, aiokafka 0.14 applies it in the seek's place (fetcher.py,
+    # `_update_fetch_positions`). With "latest" every partition then starts at its end and
+    # the topic reads as empty; how often depends on timing, so it happened under load.
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        partitions = list(consumer.assignment())
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        await _check_at_beginning(consumer, partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        records: list[Any] = []
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=20_000)
+            for tp, messages in batch.items():
+                records.extend(m for m in messages if m.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _check_at_beginning(consumer: AIOKafkaConsumer, partitions: list[Any]) -> None:
+    """Raise unless every partition will be read from its first record: a read that starts
+    later returns fewer records without any other sign, and its figures go missing."""
+    # Read after the seek: a log's start offset only moves forward.
+    starts = await consumer.beginning_offsets(partitions)
+    for tp in partitions:
+        position = await consumer.position(tp)
+        if position > starts[tp]:
+            raise RuntimeError(
+                f"{tp.topic}[{tp.partition}] would be read from offset {position}, "
+                f"not from its beginning {starts[tp]}"
+            )

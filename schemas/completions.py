@@ -6,7 +6,14 @@ duplicate request gets the stored outcome again with `replayed: true`.
 
 from typing import Any, Literal, Self
 
-from pydantic import ConfigDict, JsonValue, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    NonNegativeFloat,
+    NonNegativeInt,
+    model_validator,
+)
 
 from genrelay.schemas.base import Record
 from genrelay.schemas.fields import (
@@ -26,6 +33,16 @@ _ERROR_MATCHES_STATUS: dict[str, Any] = {
     "then": {"properties": {"error": {"type": "null"}}},
     "else": {"properties": {"error": {"type": "object"}}},
 }
+
+
+# Fields added to version 1 later: required in the schema (always written), optional when read.
+_ADDED_LATER = ("cost_usd", "cost_source")
+
+
+def _completion_schema(schema: dict[str, Any]) -> None:
+    schema.update(_ERROR_MATCHES_STATUS)
+    required = schema.setdefault("required", [])
+    required.extend(name for name in _ADDED_LATER if name not in required)
 
 
 class Artifact(Record):
@@ -62,7 +79,7 @@ class CompletionEvent(Record):
     the stored artifact; `error` is set exactly when `status` is not `succeeded`.
     """
 
-    model_config = ConfigDict(json_schema_extra=_ERROR_MATCHES_STATUS)
+    model_config = ConfigDict(json_schema_extra=_completion_schema)
 
     schema_version: Literal[1] = 1
     event_id: NonEmptyStr
@@ -75,7 +92,19 @@ class CompletionEvent(Record):
     error: ErrorDetail | None
     timings: Timings
     attempts: NonNegativeInt
-    cost_units: NonNegativeFloat | None
+    cost_units: NonNegativeFloat | None = Field(
+        description="units the provider billed (X-Fal-Billable-Units)"
+    )
+    # These two default to null only so that events written before them still read; every
+    # event genrelay writes has them, and the JSON Schema requires them (`_schema`).
+    cost_usd: NonNegativeFloat | None = Field(
+        default=None, description="cost_units at the endpoint's unit price, when both are known"
+    )
+    cost_source: Literal["estimate"] | None = Field(
+        default=None,
+        description="estimate: billed units times the listed price, at completion (fal's billing"
+        " reports the final figure later)",
+    )
     metadata: Metadata
     replayed: bool
     completed_at: UtcDatetime | None = None

@@ -96,6 +96,7 @@ class LedgerRecord(BaseModel):
     result_refetches: int = 0
     inference_seconds: float | None = None
     cost_units: float | None = None
+    unit_price: float | None = Field(default=None, description="USD per unit of the endpoint")
     last_error: ErrorDetail | None = None
     retry_at: datetime | None = None
     posted_at: datetime | None = Field(

@@ -396,7 +396,7 @@ class Jobs:
             await self._ledger.write(announced.record, actor.partition, also=(completion,))
 
         try:
-            await self._steps.publish(event, record.traceparent, commit)
+            await self._steps.publish(event, record.traceparent, commit, _tenant(record))
         except RecordTooLarge as exc:
             self._metrics.too_large()
             error = ErrorDetail(type="result_too_large", message=str(exc), retryable=False)

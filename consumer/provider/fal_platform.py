@@ -171,7 +171,7 @@ class FalPlatform:
             events.extend(_parse(_BillingPage, body).billing_events)
         return events
 
-    async def prices(self, endpoints: Sequence[str]) -> dict[str, Price]:
+    async def prices(self, endpoints: list[str]) -> dict[str, Price]:
         """The unit price of each endpoint fal knows (up to 50 per call)."""
         found: dict[str, Price] = {}
         for first in range(0, len(endpoints), 50):

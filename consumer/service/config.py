@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         description="how long fal keeps output files (sent on every submit); unset: the"
         " account's default",
     )
+    fetch_result_on_webhook: bool = Field(
+        True,
+        description="read each result from fal even when its webhook carries it (only the"
+        " result's headers tell the billed units)",
+    )
+    prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD per billed unit by endpoint (JSON); others come from fal's price list",
+    )
     disable_fallbacks: bool = Field(
         False, description="forbid fal to reroute a request to an equivalent endpoint"
     )

@@ -132,6 +132,10 @@ class RelayMetrics:
             "genrelay.history_searches",
             description="searches of the provider's request history for an ambiguous submit",
         )
+        self._spend = meter.create_counter(
+            "genrelay.spend_usd",
+            description="estimated cost of finished keys (billed units times the unit price)",
+        )
         self._reconciled = meter.create_counter(
             "genrelay.reconciled_submits",
             description="ambiguous submits settled from the provider's request history",
@@ -255,6 +259,10 @@ class RelayMetrics:
     def history_search(self, outcome: str) -> None:
         """A search of the request history: `found`, `none` or `unavailable`."""
         self._history_searches.add(1, {"outcome": outcome})
+
+    def spent(self, usd: float, endpoint: str, tenant: str | None) -> None:
+        """A key finished with an estimated cost."""
+        self._spend.add(usd, {"endpoint": endpoint, "tenant": tenant or ""})
 
     def reconciled(self, outcome: str) -> None:
         """An ambiguous submit settled by the history: `adopted`, or `reposted` (proven never

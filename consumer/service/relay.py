@@ -49,6 +49,7 @@ from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
 from genrelay.consumer.provider.fal import FalProvider
 from genrelay.consumer.provider.fal_platform import FalPlatform
 from genrelay.consumer.provider.http_transport import pooled_client
+from genrelay.consumer.provider.prices import Prices
 from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
 from genrelay.consumer.provider.webhook_signature import JwksCache, WebhookToken
 from genrelay.consumer.service.config import RECORD_HEADROOM, Settings
@@ -187,6 +188,7 @@ class Relay:
             observers=observers,
             backoff=lambda attempt: self.jobs.backoff(attempt),
             history=self.platform if settings.reconcile_from_history else None,
+            prices=Prices(self.platform, settings.prices),
         )
         self.jobs = Jobs(
             ledger=self.ledger,
@@ -531,7 +533,9 @@ class Relay:
             job = to_job(self.provider.submission_for(record.endpoint, delivery.request_id))
         if record is not None and record.job is not None:
             self._learn_account(record.job, delivery)
-        news = lc.webhook_news(delivery, job, self._account)
+        news = lc.webhook_news(
+            delivery, job, self._account, fetch_result=self.settings.fetch_result_on_webhook
+        )
         if record is not None and record.phase in lc.OPEN_PHASES:
             self.metrics.resolved(Resolution.WEBHOOK)
         self.jobs.deliver(key, source.partition, news, on_done=finished)

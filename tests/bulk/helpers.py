@@ -107,6 +107,8 @@ def completion(key: str, *, status: str = "succeeded", metadata: Any = None) -> 
         timings=Timings(queued_ms=0, running_ms=0, total_ms=0),
         attempts=1,
         cost_units=None,
+        cost_usd=None,
+        cost_source=None,
         metadata=metadata or {},
         replayed=False,
     )

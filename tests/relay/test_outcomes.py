@@ -73,7 +73,10 @@ async def test_files_expiring_while_the_relay_is_down_end_expired_not_announced(
 ) -> None:
     emulator_settings = EmulatorSettings(file_url_lifetime_s=2.0, webhook_retries=0)
     async with EmulatorServer(emulator_settings) as emulator:
-        settings = relay_settings(stack, emulator, poll_grace_seconds=0.5)
+        # No explicit output lifetime: the account's default (2 s here) applies.
+        settings = relay_settings(
+            stack, emulator, poll_grace_seconds=0.5, output_lifetime_seconds=None
+        )
         keys = [f"expiring-{n}" for n in range(5)]
         # The relay submits, then goes down before any output is fetched.
         emulator.configure(run_latency={"kind": "fixed", "ms": 1500})

@@ -149,6 +149,8 @@ def completion_record(**changes: Any) -> dict[str, Any]:
         timings=Timings(queued_ms=0, running_ms=0, total_ms=0),
         attempts=1,
         cost_units=None,
+        cost_usd=None,
+        cost_source=None,
         metadata={"order_id": "42"},
         replayed=False,
     )

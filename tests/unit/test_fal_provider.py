@@ -21,8 +21,20 @@ from genrelay.consumer.errors import (
     ResultExpired,
     WebhookRejected,
 )
-from genrelay.consumer.provider.fal import FalProvider, app_path, parse_webhook, request_urls
-from genrelay.consumer.provider.provider import CancelOutcome, JobState, Priority, Submission
+from genrelay.consumer.provider.fal import (
+    FalProvider,
+    app_path,
+    parse_webhook,
+    request_urls,
+    tags_header,
+)
+from genrelay.consumer.provider.provider import (
+    CancelOutcome,
+    JobState,
+    Priority,
+    Submission,
+    Tags,
+)
 
 BASE = "http://127.0.0.1:8000"
 ENDPOINT = "fal-ai/flux/dev"
@@ -93,6 +105,30 @@ async def test_submit_posts_the_input_once_with_key_webhook_and_priority() -> No
     assert request.headers["content-type"] == "application/json"
     assert json.loads(request.content) == {"prompt": "a lighthouse", "seed": 7}
     assert submission == replace(SUBMISSION, queue_position=3)
+
+
+async def test_submit_carries_tags_the_output_lifetime_and_the_fallback_choice() -> None:
+    queue = Queue(httpx.Response(200, json=SUBMITTED))
+    client = httpx.AsyncClient(transport=httpx.MockTransport(queue))
+    provider = FalProvider(
+        "key-123", base_url=BASE, client=client, output_lifetime=3600, disable_fallbacks=True
+    )
+    tags = Tags("ab" * 16, 2, "growth team")
+    await provider.submit(
+        ENDPOINT, {}, webhook_url=None, priority=Priority.NORMAL, start_timeout=12.5, tags=tags
+    )
+    [request] = queue.requests
+    assert request.headers["x-fal-tags"] == f"gr.key={'ab' * 16},gr.attempt=2,tenant=growth team"
+    lifetime = json.loads(request.headers["x-fal-object-lifecycle-preference"])
+    assert lifetime == {"expiration_duration_seconds": 3600}
+    assert request.headers["x-app-fal-disable-fallback"] == "true"
+    assert request.headers["x-fal-request-timeout"] == "12.5"
+
+
+def test_a_tenant_fal_would_reject_as_a_tag_value_is_left_out() -> None:
+    assert tags_header(Tags("k", 1, "a,b")) == "gr.key=k,gr.attempt=1"
+    assert tags_header(Tags("k", 1, "x" * 257)) == "gr.key=k,gr.attempt=1"
+    assert tags_header(Tags("k", 1, None)) == "gr.key=k,gr.attempt=1"
 
 
 async def test_submit_without_webhook_sends_no_fal_webhook_parameter() -> None:

@@ -28,6 +28,7 @@ from genrelay.consumer.errors import (
 )
 from genrelay.consumer.events.recent_outcomes import RecentOutcomes
 from genrelay.consumer.fakes import FakeFiles, FakeProvider, MemoryLedger, MemoryPublisher
+from genrelay.consumer.provider.prices import Prices
 from genrelay.consumer.provider.provider import JobState, JobStatus
 from genrelay.consumer.service.metrics import RelayMetrics
 from genrelay.consumer.steps import Observers, Steps
@@ -79,6 +80,7 @@ async def world(
         observers=observers,
         backoff=lambda attempt: jobs.backoff(attempt),
         history=provider,
+        prices=Prices(None, {ENDPOINT: 0.0125}),
     )
     shared = Slots(slots, slots)
     jobs = Jobs(
@@ -223,10 +225,10 @@ async def test_a_key_still_waiting_for_a_slot_at_its_deadline_ends_then_unpaid()
 
 
 # Reconciling from the request history, with times small enough for a test: the proof of
-# absence comes 0.3 s (start deadline) + 0.3 s (lag) + 0.1 s (slack) after the POST.
+# absence comes 1.5 s (start deadline) + 0.3 s (lag) + 0.1 s (slack) after the POST.
 RECONCILING = lc.Policy(
     reconcile=True,
-    start_timeout=timedelta(seconds=0.3),
+    start_timeout=timedelta(seconds=1.5),
     history_lag=timedelta(seconds=0.3),
     clock_slack=timedelta(seconds=0.1),
 )
@@ -286,3 +288,42 @@ async def test_an_unreadable_history_never_reposts_and_the_grace_ends_the_key() 
     assert record is not None
     assert record.last_error is not None
     assert record.last_error.type == "submit_unknown"
+
+
+async def test_the_event_carries_the_billed_units_and_their_estimated_cost() -> None:
+    async with world() as w:
+        w.provider.billable_units = 2.0
+        w.submit("a")
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
+    (event,) = w.publisher.completions
+    assert (event.cost_units, event.cost_usd, event.cost_source) == (2.0, 0.025, "estimate")
+
+
+async def test_an_attempt_whose_start_deadline_passed_before_sending_is_never_sent() -> None:
+    # A replica frozen between committing SUBMITTING and its POST wakes after the attempt's
+    # start deadline: the new owner may be proving from fal's records that it never arrived.
+    provider = FakeProvider()
+    metrics = RelayMetrics()
+    steps = Steps(
+        provider=provider,
+        files=FakeFiles(),
+        publisher=MemoryPublisher(),
+        webhook_url=lambda key, attempt: None,
+        observers=Observers(NoOpTracer(), metrics, RecentOutcomes()),
+        backoff=lambda attempt: 0.0,
+    )
+    now = datetime.now(UTC)
+    decided = lc.decide(
+        None, lc.SubmitCommand({"input": {"p": 1}}, "fp", ENDPOINT), "k", now, RECONCILING
+    )
+    posting = lc.decide(decided.record, lc.SlotGranted(), "k", now, RECONCILING)
+    assert posting.record is not None
+    assert posting.record.start_by is not None
+    # The POST comes half a second before the start deadline: too late to send (fal needs
+    # more than 0.1 s, and genrelay leaves itself a second).
+    late = datetime.now(UTC) + timedelta(seconds=0.5)
+    outcome = await steps.submit(posting.record, late)
+    metrics.shutdown()
+    assert isinstance(outcome, lc.NotSent)
+    assert outcome.error.type == "start_deadline_passed"
+    assert provider.submits == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -759,3 +760,39 @@ def test_a_request_our_start_deadline_stopped_is_queued_again_unpaid() -> None:
     decision = lc.decide(spent, news, KEY, later, RECONCILE)
     assert decision.record is not None
     assert decision.record.phase is Phase.FAILED
+
+
+def test_the_event_estimates_its_cost_from_billed_units_and_the_unit_price() -> None:
+    fetched = lc.ResultFetched(ok=True, payload=OUTPUT, cost_units=4.0, unit_price=0.0025)
+    record, _ = step(submitted(), fetched)
+    record, decision = step(record, lc.FilesStored((ARTIFACT,), {}))
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert (publish.event.cost_units, publish.event.cost_usd) == (4.0, 0.01)
+    assert publish.event.cost_source == "estimate"
+
+
+def test_without_a_price_the_event_has_units_but_no_cost() -> None:
+    record, _ = step(submitted(), lc.ResultFetched(ok=True, payload=OUTPUT, cost_units=4.0))
+    record, decision = step(record, lc.FilesStored((ARTIFACT,), {}))
+    (publish,) = decision.effects
+    assert isinstance(publish, lc.Publish)
+    assert publish.event.cost_units == 4.0
+    assert publish.event.cost_usd is None
+    assert publish.event.cost_source is None
+
+
+def test_a_webhook_is_only_a_signal_to_fetch_when_results_are_read_from_the_provider() -> None:
+    delivery = WebhookDelivery.model_validate_json(
+        json.dumps(
+            {
+                "idempotency_key": KEY,
+                "request_id": "req-1",
+                "ok": True,
+                "payload": OUTPUT,
+                "received_at": NOW.isoformat(),
+            }
+        )
+    )
+    assert lc.webhook_news(delivery, JOB, None).payload == OUTPUT
+    assert lc.webhook_news(delivery, JOB, None, fetch_result=True).payload is None
