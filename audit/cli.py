@@ -56,6 +56,11 @@ def _moment(text: str) -> datetime:
 
 def main(args: argparse.Namespace) -> int:
     """0: no key billed twice; 1: a double charge; 2: the records could not be read."""
+    return asyncio.run(command(args))
+
+
+async def command(args: argparse.Namespace) -> int:
+    """`main`, in a running event loop."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -64,9 +69,8 @@ def main(args: argparse.Namespace) -> int:
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(hours=args.hours)
     try:
-        report = asyncio.run(
-            run_audit(settings, since, until, timedelta(minutes=args.billing_lag_minutes))
-        )
+        lag = timedelta(minutes=args.billing_lag_minutes)
+        report = await run_audit(settings, since, until, lag)
     except ProviderError as exc:
         print(f"genrelay audit: cannot read fal's records: {exc}", file=sys.stderr)
         return 2

@@ -22,13 +22,13 @@ pytestmark = pytest.mark.integration
 KEYS = [f"audit-{n}" for n in range(3)]
 
 
-def _audit(settings: Settings, monkeypatch: pytest.MonkeyPatch, out: Path) -> int:
+async def _audit(settings: Settings, monkeypatch: pytest.MonkeyPatch, out: Path) -> int:
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     parser = argparse.ArgumentParser()
     audit_cli.add_arguments(parser)
     args = parser.parse_args(["--hours", "1", "--billing-lag-minutes", "0", "--json", str(out)])
-    return audit_cli.main(args)
+    return await audit_cli.command(args)
 
 
 async def _paid_around_genrelay(emulator: EmulatorServer, tags: str | None) -> None:
@@ -56,7 +56,7 @@ async def test_the_audit_finds_no_double_charge_then_exactly_the_one_provoked(
         async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
             await reader.until(lambda rs: len(rs) == len(KEYS))
     clean = tmp_path / "clean.json"
-    assert _audit(settings, monkeypatch, clean) == 0
+    assert await _audit(settings, monkeypatch, clean) == 0
     report = json.loads(clean.read_text())
     assert report["double_charges"] == {}
     assert report["keys_billed"] == len(KEYS)
@@ -68,7 +68,7 @@ async def test_the_audit_finds_no_double_charge_then_exactly_the_one_provoked(
     await _paid_around_genrelay(emulator, f"gr.key={key_hash(KEYS[0])},gr.attempt=1")
     await _paid_around_genrelay(emulator, None)
     provoked = tmp_path / "provoked.json"
-    assert _audit(settings, monkeypatch, provoked) == 1
+    assert await _audit(settings, monkeypatch, provoked) == 1
     report = json.loads(provoked.read_text())
     assert list(report["double_charges"]) == [KEYS[0]]
     assert len(report["double_charges"][KEYS[0]]) == 2
