@@ -111,10 +111,12 @@ _PHASE_RANK = {
 
 @dataclass
 class LedgerTally:
-    """Keys whose ambiguous submit was adopted from a webhook, deliberate resubmissions, and
+    """Keys whose ambiguous submit was adopted (from a webhook or the request history),
+    re-posts after the history proved a submit never arrived, deliberate resubmissions, and
     keys whose committed state ever went backwards (a stale owner's write that landed)."""
 
     adopted: set[str] = field(default_factory=set)
+    proven_absent: Counter[str] = field(default_factory=Counter)
     resubmissions: Counter[str] = field(default_factory=Counter)
     phases: dict[str, str] = field(default_factory=dict)
     regressed: dict[str, str] = field(default_factory=dict)
@@ -129,6 +131,8 @@ class LedgerTally:
             return
         if state.get("adopted"):
             self.adopted.add(key)
+        if state.get("proven_absent"):
+            self.proven_absent[key] = max(self.proven_absent[key], int(state["proven_absent"]))
         if state.get("resubmissions"):
             self.resubmissions[key] = max(self.resubmissions[key], int(state["resubmissions"]))
         phase = str(state.get("phase"))

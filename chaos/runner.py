@@ -372,7 +372,10 @@ def _report(
     notes = {
         **injector.notes,
         "provider submissions": int(stats["submissions"]),
-        "ambiguous submits adopted from webhooks": len(tally.adopted.intersection(keys)),
+        "ambiguous submits adopted (webhook or request history)": len(
+            tally.adopted.intersection(keys)
+        ),
+        "re-posted, the history having proved them absent": sum(tally.proven_absent.values()),
         "deliberate resubmissions": sum(tally.resubmissions.values()),
         "replica kills": r.replicas.kills,
         "replica pauses": r.replicas.pauses,

@@ -140,8 +140,8 @@ def tags_of(record: LedgerRecord) -> Tags:
 # fal's least time-to-start is above 0.1 s; an attempt with less left is not sent at all.
 _LEAST_START_S = 1.0
 
-# An ambiguous POST, if it arrived, reached the provider while it was being sent: within the
-# client's timeout of `posted_at`, give or take the two clocks' difference.
+# An ambiguous POST, if it arrived, reached the provider after `posted_at` and before its
+# start deadline (or, without one, within the client's timeout), give or take the clocks.
 _CLOCKS_APART = timedelta(seconds=60)
 _ARRIVAL_WINDOW = timedelta(seconds=60)
 
@@ -240,8 +240,10 @@ class Steps:
                 log.info("request history unavailable: %s", exc)
                 self._metrics.history_search("unavailable")
                 return lc.HistorySearched(None, as_of)
-        end = posted + _ARRIVAL_WINDOW + _CLOCKS_APART
-        matches = self._matching(record, listed, start, end)
+        # Sent late (a replica that stalled after committing the intent), the attempt can
+        # still arrive until its start deadline: after that it is never sent at all.
+        last_arrival = record.start_by or posted + _ARRIVAL_WINDOW
+        matches = self._matching(record, listed, start, last_arrival + _CLOCKS_APART)
         self._metrics.history_search("found" if matches else "none")
         return lc.HistorySearched(matches, as_of)
 

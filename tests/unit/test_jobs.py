@@ -29,9 +29,10 @@ from genrelay.consumer.errors import (
 from genrelay.consumer.events.recent_outcomes import RecentOutcomes
 from genrelay.consumer.fakes import FakeFiles, FakeProvider, MemoryLedger, MemoryPublisher
 from genrelay.consumer.provider.prices import Prices
-from genrelay.consumer.provider.provider import JobState, JobStatus
+from genrelay.consumer.provider.provider import JobState, JobStatus, ListedRequest
 from genrelay.consumer.service.metrics import RelayMetrics
 from genrelay.consumer.steps import Observers, Steps
+from genrelay.schemas.completions import ErrorDetail
 from genrelay.schemas.ledger import Phase, ProviderJob
 from tests.waiting import eventually
 
@@ -327,3 +328,36 @@ async def test_an_attempt_whose_start_deadline_passed_before_sending_is_never_se
     assert isinstance(outcome, lc.NotSent)
     assert outcome.error.type == "start_deadline_passed"
     assert provider.submits == []
+
+
+async def test_a_post_that_arrived_late_but_before_its_start_deadline_is_found() -> None:
+    # A replica stalled between its intent and its POST, then sent it minutes later (still
+    # before the attempt's start deadline): the search must find it, or the new owner would
+    # prove it absent and pay twice.
+    provider = FakeProvider()
+    metrics = RelayMetrics()
+    steps = Steps(
+        provider=provider,
+        files=FakeFiles(),
+        publisher=MemoryPublisher(),
+        webhook_url=lambda key, attempt: None,
+        observers=Observers(NoOpTracer(), metrics, RecentOutcomes()),
+        backoff=lambda attempt: 0.0,
+        history=provider,
+    )
+    now = datetime.now(UTC)
+    policy = replace(RECONCILING, start_timeout=timedelta(minutes=10))
+    posted = now - timedelta(minutes=5)
+    submit = lc.SubmitCommand({"input": {"p": 1}}, "fp", ENDPOINT)
+    accepted = lc.decide(None, submit, "k", posted, policy)
+    intent = lc.decide(accepted.record, lc.SlotGranted(), "k", posted, policy).record
+    cut = ErrorDetail(type="submit_unknown", message="reset", retryable=True)
+    unknown = lc.decide(intent, lc.Ambiguous(cut), "k", posted, policy).record
+    assert unknown is not None
+    late = ListedRequest("req-late", ENDPOINT, now - timedelta(minutes=1), {"p": 1})
+    provider.listed.append(late)
+    found = await steps.search(unknown)
+    metrics.shutdown()
+    assert isinstance(found, lc.HistorySearched)
+    assert found.matches is not None
+    assert [job.request_id for job in found.matches] == ["req-late"]
