@@ -164,6 +164,7 @@ def relay_settings(
         "fal_key": EMULATOR_KEY,
         "fal_jwks_url": emulator.jwks_url,
         "http_port": port,
+        "admin_port": free_port(),
         "public_webhook_url": f"http://127.0.0.1:{port}" if webhooks else None,
         "webhook_secret": f"bench-webhook-secret-{bench.run_id}-0123456789abcdef",
         "s3_endpoint": bench.stack.s3_endpoint,
@@ -221,7 +222,7 @@ class RelayFleet:
             return {}
         port = free_port()
         hook = None if base.public_webhook_url is None else f"http://127.0.0.1:{port}"
-        return {"http_port": port, "public_webhook_url": hook}
+        return {"http_port": port, "admin_port": free_port(), "public_webhook_url": hook}
 
     @property
     def pids(self) -> dict[str, int]:
@@ -230,6 +231,11 @@ class RelayFleet:
     @property
     def ports(self) -> list[int]:
         return [r.settings.http_port for r in self.replicas]
+
+    @property
+    def admin_ports(self) -> list[int]:
+        """Where each replica serves `/metrics`."""
+        return [r.settings.admin_port for r in self.replicas]
 
     async def __aenter__(self) -> Self:
         try:

@@ -118,13 +118,13 @@ async def _phases(
 
     burst = bench.keys(run.name, "burst", plan.jobs)
     pids = {**fleet.pids, "emulator": emulator.pid, **bench.infra_pids(), "bench": os.getpid()}
-    before = await _scrape(fleet.ports)
+    before = await _scrape(fleet.admin_ports)
     cpu = CpuWatch(pids).start()
     async with _profiled(bench, run, fleet) as profile:
         started = await producer.burst(topics.requests, burst)
         done = await watch.wait(burst, wait_budget(len(burst)), fleet.check)
     spent = cpu.stop()
-    after = await _scrape(fleet.ports)
+    after = await _scrape(fleet.admin_ports)
     rebalance = (after or {}).pop(REBALANCE_HISTOGRAM, None)
     if before is not None:
         before.pop(REBALANCE_HISTOGRAM, None)

@@ -126,6 +126,7 @@ def relay_settings(
         Settings(
             **common,
             http_port=port,
+            admin_port=free_port(),
             instance_id=f"relay-{n}",
             public_webhook_url=webhook_base or f"http://127.0.0.1:{port}",
         )

@@ -41,3 +41,7 @@ class CompletionTimeoutError(GenrelayClientError, TimeoutError):
     def __init__(self, missing: Iterable[str]) -> None:
         self.missing = frozenset(missing)
         super().__init__(f"no completion event in time for {len(self.missing)} key(s)")
+
+
+class UnreachableError(GenrelayClientError):
+    """An address (Kafka, the object store) did not accept a connection: nothing was sent."""

@@ -6,6 +6,7 @@ real fal, Kafka and S3. Secrets are `SecretStr`: they never appear in logs or re
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -64,7 +65,16 @@ class Settings(BaseSettings):
     # Webhook receiver
     http_host: str = Field("127.0.0.1", description="address the webhook receiver binds")
     http_port: int = Field(
-        8080, ge=0, le=65535, description="webhooks, health, metrics and status page"
+        8080, ge=0, le=65535, description="the public listener: webhooks and health probes only"
+    )
+    admin_host: str = Field(
+        "127.0.0.1",
+        description="address the admin listener binds (status page, metrics, OpenAPI)",
+    )
+    admin_port: int = Field(8081, ge=0, le=65535, description="the admin listener's port")
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="bearer token the admin listener requires (needed off loopback)",
     )
     fal_user_id: str | None = Field(
         None,
@@ -221,6 +231,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _admin_is_private(self) -> Self:
+        # The admin surface shows every customer's keys and metadata: off loopback it is
+        # served only behind a token.
+        if not _loopback(self.admin_host) and not self.admin_token.get_secret_value():
+            raise ValueError(
+                f"GENRELAY_ADMIN_HOST={self.admin_host} is reachable from other hosts: set"
+                " GENRELAY_ADMIN_TOKEN (at least 32 characters), or bind it to 127.0.0.1"
+            )
+        token = self.admin_token.get_secret_value()
+        if token and len(token) < 32:
+            raise ValueError("GENRELAY_ADMIN_TOKEN must be at least 32 characters")
+        return self
+
     @field_validator("fal_queue_url")
     @classmethod
     def _queue_without_slash(cls, value: str) -> str:
@@ -289,3 +313,12 @@ class Settings(BaseSettings):
             history_lag=timedelta(seconds=self.history_lag_seconds),
             clock_slack=timedelta(seconds=self.clock_skew_seconds),
         )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere

@@ -37,6 +37,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from genrelay.schemas.dead_letter import DeadLetterReason
+from genrelay.schemas.ledger import TERMINAL_PHASES, Phase
+
+# The phases a key can be in while a replica owns it unfinished.
+OPEN_PHASE_NAMES = tuple(phase.value for phase in Phase if phase not in TERMINAL_PHASES)
+
 METRICS_PATH = "/metrics"
 
 
@@ -212,6 +218,35 @@ class RelayMetrics:
             explicit_bucket_boundaries_advisory=RESTORE_SECONDS,
         )
         self._observe(meter, sources or GaugeSources())
+        self._prime()
+
+    def _prime(self) -> None:
+        """Every counter exists from the start, at zero for each label value known in
+        advance, so an alert on it can be written before anything happened."""
+        for counter in (
+            self._submissions,
+            self._submit_retries,
+            self._ambiguous,
+            self._duplicates,
+            self._replays,
+            self._too_large,
+            self._foreign_webhooks,
+            self._fenced,
+        ):
+            counter.add(0)
+        for status in ("succeeded", "failed", "cancelled", "expired"):
+            self._outcomes.add(0, {"status": status})
+        for reason in DeadLetterReason:
+            self._dead_letters.add(0, {"reason": reason.value})
+        for source in Resolution:
+            self._resolutions.add(0, {"source": source.value})
+        for outcome in ("found", "none", "unavailable"):
+            self._history_searches.add(0, {"outcome": outcome})
+        for outcome in ("adopted", "reposted"):
+            self._reconciled.add(0, {"outcome": outcome})
+        for step in ("poll", "fetch", "store"):
+            for outcome in ("retry", "exhausted"):
+                self._step_failures.add(0, {"step": step, "outcome": outcome})
 
     @staticmethod
     def _observe(meter: Meter, sources: GaugeSources) -> None:
@@ -221,7 +256,13 @@ class RelayMetrics:
             )
 
         if sources.jobs_by_phase is not None:
-            gauge("genrelay.jobs", "owned keys by phase", _by("phase", sources.jobs_by_phase))
+            by_phase = sources.jobs_by_phase
+
+            def every_phase() -> Mapping[str, int]:
+                # Each open phase is reported, at 0 when no key is in it.
+                return {**dict.fromkeys(OPEN_PHASE_NAMES, 0), **by_phase()}
+
+            gauge("genrelay.jobs", "owned keys by phase", _by("phase", every_phase))
         if sources.in_flight is not None:
             gauge("genrelay.in_flight", "jobs holding a slot", _single(sources.in_flight))
         if sources.in_flight_by_endpoint is not None:

@@ -104,7 +104,10 @@ def openapi_document(*, webhooks: bool) -> dict[str, Any]:
         "info": {
             "title": "genrelay",
             "version": __version__,
-            "description": "One genrelay replica's HTTP surface. Only the webhook route writes.",
+            "description": "One genrelay replica's HTTP surface. Only the webhook route"
+            " writes. The public listener (GENRELAY_HTTP_PORT) serves the webhook route and the"
+            " probes; every other path is on the admin listener (GENRELAY_ADMIN_PORT), which"
+            " requires `Authorization: Bearer` with GENRELAY_ADMIN_TOKEN when one is set.",
         },
         "paths": paths,
         "components": {"schemas": components},

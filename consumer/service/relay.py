@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -30,7 +29,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.artifacts.files import Downloader, DownloadPolicy
@@ -54,6 +53,7 @@ from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookRec
 from genrelay.consumer.provider.webhook_signature import JwksCache, WebhookToken
 from genrelay.consumer.service.config import RECORD_HEADROOM, Settings
 from genrelay.consumer.service.health import Readiness, address_of
+from genrelay.consumer.service.listeners import Listener, admin_app
 from genrelay.consumer.service.metrics import GaugeSources, RelayMetrics, Resolution
 from genrelay.consumer.service.openapi import openapi_route
 from genrelay.consumer.service.status_page import StatusSnapshot, status_routes
@@ -233,8 +233,9 @@ class Relay:
         self._paused = False
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
-        self._server: uvicorn.Server | None = None
-        self.http_app: Starlette | None = None
+        self._listeners: list[Listener] = []
+        self.http_app: Starlette | None = None  # the public listener's
+        self.admin_http_app: Starlette | None = None  # the admin listener's (inside the token)
         self._tasks: set[asyncio.Task[None]] = set()
         # Set while this replica is a stable group member with every partition restored.
         self.ready = asyncio.Event()
@@ -247,6 +248,7 @@ class Relay:
             }
         )
         self.http_port: int | None = None
+        self.admin_port: int | None = None
 
     def _gauges(self) -> GaugeSources:
         # Read at scrape time, on the event loop's thread.
@@ -358,11 +360,9 @@ class Relay:
 
     async def close(self) -> None:
         """Flush the producer, stop the HTTP server, close clients; safe to call twice."""
-        if self._server is not None:
-            self._server.should_exit = True
-            # Its port is free again only once it has stopped (a restart may bind it next).
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._server_task), timeout=10)
+        # A port is free again only once its server has stopped (a restart may bind it next).
+        for listener in self._listeners:
+            await listener.stop()
         await self._producer.stop()
         await self._downloader.aclose()
         await self._download_http.aclose()
@@ -376,34 +376,28 @@ class Relay:
     # --- HTTP -----------------------------------------------------------------------------
 
     async def _start_http(self) -> None:
-        extra = [
-            Route("/healthz", self._live),
-            Route("/readyz", self._ready),
+        probes = [Route("/healthz", self._live), Route("/readyz", self._ready)]
+        # The public listener serves fal's webhooks and the probes, nothing that tells about
+        # keys; everything else is on the admin listener (loopback, or behind a token).
+        public = app(self.receiver, probes)
+        self.http_app = public
+        admin_routes: list[BaseRoute] = [
+            *probes,
             self.metrics.metrics_route(),
             *status_routes(self.snapshot),
             openapi_route(webhooks=self.receiver is not None),
         ]
-        routes_app = app(self.receiver, extra)
-        self.http_app = routes_app
-        config = uvicorn.Config(
-            routes_app,
-            host=self.settings.http_host,
-            port=self.settings.http_port,
-            log_level="warning",
-            lifespan="off",
-            # Our logging handler formats uvicorn's records too (JSON, secrets redacted).
-            log_config=None,
+        token = self.settings.admin_token.get_secret_value() or None
+        settings = self.settings
+        self.admin_http_app = Starlette(routes=admin_routes)
+        public_listener = Listener(public, settings.http_host, settings.http_port)
+        admin_listener = Listener(
+            admin_app(self.admin_http_app, token), settings.admin_host, settings.admin_port
         )
-        server = uvicorn.Server(config)
-        self._server = server
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("the HTTP server stopped during start")
-            await asyncio.sleep(0.02)
-        self.http_port = server.servers[0].sockets[0].getsockname()[1]
-        self._server_task = task
+        self.http_port = await public_listener.start()
+        self._listeners.append(public_listener)
+        self.admin_port = await admin_listener.start()
+        self._listeners.append(admin_listener)
 
     async def _live(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

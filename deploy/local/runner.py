@@ -42,7 +42,9 @@ def describe(info: StackInfo) -> str:
     return "\n".join(lines)
 
 
-def relay_settings(info: StackInfo, emulator: EmulatorServer, port: int) -> Settings:
+def relay_settings(
+    info: StackInfo, emulator: EmulatorServer, port: int, admin_port: int
+) -> Settings:
     """The relay's settings on the local stack: every address points at 127.0.0.1."""
     return Settings(
         kafka_bootstrap=info.kafka_bootstrap,
@@ -51,6 +53,7 @@ def relay_settings(info: StackInfo, emulator: EmulatorServer, port: int) -> Sett
         fal_key="emulator-key",
         fal_jwks_url=emulator.jwks_url,
         http_port=port,
+        admin_port=admin_port,
         public_webhook_url=f"http://127.0.0.1:{port}",
         webhook_secret=secrets.token_urlsafe(32),
         s3_endpoint=info.s3_endpoint,
@@ -73,9 +76,9 @@ async def _until_signalled() -> None:
 async def run_local(state_file: Path = STACK_FILE) -> int:
     """Run the local stack until SIGINT or SIGTERM; returns the exit code."""
     started = time.monotonic()
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     async with LocalStack() as stack, EmulatorServer() as emulator:
-        settings = relay_settings(stack.info, emulator, port)
+        settings = relay_settings(stack.info, emulator, port, admin_port)
         async with Relay(settings) as relay:
             relay_task = asyncio.get_running_loop().create_task(relay.run())
             info = StackInfo(
@@ -83,7 +86,8 @@ async def run_local(state_file: Path = STACK_FILE) -> int:
                 extra={
                     "emulator_url": emulator.base_url,
                     "webhook_url": f"http://127.0.0.1:{port}/webhooks/fal",
-                    "status_url": f"http://127.0.0.1:{port}/readyz",
+                    "ready_url": f"http://127.0.0.1:{port}/readyz",
+                    "status_page": f"http://127.0.0.1:{admin_port}/status",
                 },
             )
             await asyncio.to_thread(info.write, state_file)

@@ -18,6 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
+from genrelay.producers.addresses import Found, look_up, require_reachable
 from genrelay.producers.bulk import commands
 from genrelay.producers.bulk.commands import (
     Connector,
@@ -34,7 +35,7 @@ from genrelay.producers.bulk.keys import check_bulk_id
 from genrelay.producers.bulk.plan import Defaults
 from genrelay.producers.bulk.rate import parse_rate
 from genrelay.producers.bulk.state import DEFAULT_STATE_ROOT
-from genrelay.producers.errors import BrokerError
+from genrelay.producers.errors import BrokerError, UnreachableError
 from genrelay.schemas.topics import DEFAULT_TOPICS
 
 _EXIT_USAGE = 2
@@ -150,7 +151,9 @@ async def run(
     output = output or Output()
     try:
         if args.bulk_command == "submit":
-            return await commands.submit(_submit_options(args), connector, output)
+            options = _submit_options(args)
+            await _preflight(args, options)
+            return await commands.submit(options, connector, output)
         if args.bulk_command == "status":
             return commands.status(_run_options(args), output)
         if args.bulk_command == "collect":
@@ -158,6 +161,9 @@ async def run(
         if args.bulk_command == "cancel":
             return await commands.cancel(_run_options(args), connector, output)
     except BulkError as exc:
+        print(f"genrelay bulk: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    except UnreachableError as exc:
         print(f"genrelay bulk: {exc}", file=sys.stderr)
         return _EXIT_USAGE
     except BrokerError as exc:
@@ -177,7 +183,7 @@ async def _until_terminated(args: argparse.Namespace) -> int:
 def _submit_options(args: argparse.Namespace) -> SubmitOptions:
     return SubmitOptions(
         source=args.file,
-        kafka=_kafka_target(args) or KafkaTarget(args.bootstrap),
+        kafka=_kafka_target(args) or _book_kafka_target(args),
         defaults=Defaults(endpoint=args.endpoint, priority=args.priority),
         rate=args.rate,
         on_error=OnError(args.on_error),
@@ -214,15 +220,33 @@ def _kafka_target(args: argparse.Namespace) -> KafkaTarget | None:
     )
 
 
+async def _preflight(args: argparse.Namespace, options: SubmitOptions) -> None:
+    """Kafka, and the object store when files are to be downloaded, answer: else one line."""
+    found = look_up("kafka_bootstrap", args.bootstrap, flag_name="--bootstrap")
+    await require_reachable("kafka_bootstrap", Found(options.kafka.bootstrap, found.source))
+    if options.download is not None and options.s3 is not None:
+        s3 = look_up("s3_endpoint", args.s3_endpoint, flag_name="--s3-endpoint")
+        await require_reachable("s3_endpoint", Found(options.s3.endpoint, s3.source))
+
+
+def _book_kafka_target(args: argparse.Namespace) -> KafkaTarget:
+    return KafkaTarget(
+        look_up("kafka_bootstrap", args.bootstrap, flag_name="--bootstrap").value,
+        args.requests_topic or DEFAULT_TOPICS.requests,
+        args.completions_topic or DEFAULT_TOPICS.completions,
+    )
+
+
 def _s3_config(args: argparse.Namespace) -> S3Config:
+    # Flags, then $GENRELAY_S3_*, then the local stack's file, then the defaults.
     config = S3Config.from_env(os.environ)
-    overrides = {
-        "endpoint": args.s3_endpoint,
-        "access_key": args.s3_access_key,
-        "secret_key": args.s3_secret_key,
-        "secure": args.s3_secure or None,
-    }
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(
+        config,
+        endpoint=look_up("s3_endpoint", args.s3_endpoint, flag_name="--s3-endpoint").value,
+        access_key=look_up("s3_access_key", args.s3_access_key).value,
+        secret_key=look_up("s3_secret_key", args.s3_secret_key).value,
+        secure=config.secure or bool(args.s3_secure),
+    )
 
 
 def _add_kafka_arguments(parser: argparse.ArgumentParser, *, from_env: bool) -> None:
@@ -230,10 +254,15 @@ def _add_kafka_arguments(parser: argparse.ArgumentParser, *, from_env: bool) -> 
     def default(name: str, fallback: str | None = None) -> str | None:
         return os.environ.get(name, fallback) if from_env else None
 
-    origin = "$GENRELAY_KAFKA_BOOTSTRAP" if from_env else "as the run was submitted"
+    origin = (
+        "$GENRELAY_KAFKA_BOOTSTRAP, else the local stack's .genrelay/stack.json, else"
+        " 127.0.0.1:9092"
+        if from_env
+        else "as the run was submitted"
+    )
     parser.add_argument(
         "--bootstrap",
-        default=default("GENRELAY_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        default=default("GENRELAY_KAFKA_BOOTSTRAP"),
         help=f"Kafka bootstrap servers (default: {origin})",
     )
     parser.add_argument(

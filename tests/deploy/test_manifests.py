@@ -499,7 +499,9 @@ def test_compose_defaults_build_valid_settings_for_real_fal(clean_env: pytest.Mo
 
 
 def test_kubernetes_config_builds_valid_settings(clean_env: pytest.MonkeyPatch) -> None:
-    settings = settings_from_env(clean_env, {**configmap(), **secret()})
+    # The committed secret holds placeholders; real ones are long random strings.
+    filled = {name: "r" * 48 for name in secret()}
+    settings = settings_from_env(clean_env, {**configmap(), **filled})
     assert settings.http_host == "0.0.0.0"
     assert settings.create_topics is False
     assert settings.public_webhook_url is not None
@@ -528,7 +530,8 @@ def test_emulator_service_builds_valid_emulator_settings(clean_env: pytest.Monke
 
 def test_secret_settings_are_known() -> None:
     assert secret_vars() == {
-        env_name(f) for f in ("fal_key", "webhook_secret", "s3_access_key", "s3_secret_key")
+        env_name(f)
+        for f in ("fal_key", "webhook_secret", "s3_access_key", "s3_secret_key", "admin_token")
     }
 
 
@@ -572,9 +575,10 @@ def test_compose_secrets_come_only_from_the_env_file() -> None:
 def test_probes_match_the_http_port() -> None:
     port = int(k8s_setting("http_port"))
     assert k8s_setting("http_host") == "0.0.0.0", "probes reach the pod IP, not loopback"
+    admin_port = int(k8s_setting("admin_port"))
     container = relay_container()
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert named == {"http": port}
+    assert named == {"http": port, "admin": admin_port}
     expected = {
         "startupProbe": "/healthz",
         "livenessProbe": "/healthz",
@@ -584,12 +588,16 @@ def test_probes_match_the_http_port() -> None:
         get = container[probe]["httpGet"]
         assert get["path"] == path, probe
         assert get["port"] in ("http", port), probe
+    # The Service (behind the public webhook address) reaches only the public listener.
     (service_port,) = k8s_kind("Service")["spec"]["ports"]
     assert service_port["targetPort"] in ("http", port)
-    pod_annotations = k8s_kind("Deployment")["spec"]["template"]["metadata"]["annotations"]
-    for scrape in (pod_annotations, k8s_kind("Service")["metadata"]["annotations"]):
-        assert scrape["prometheus.io/port"] == str(port)
-        assert scrape["prometheus.io/path"] == "/metrics"
+    assert "prometheus.io/port" not in k8s_kind("Service")["metadata"].get("annotations", {})
+    # Prometheus scrapes the admin listener, which off loopback requires the token.
+    scrape = k8s_kind("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert scrape["prometheus.io/port"] == str(admin_port)
+    assert scrape["prometheus.io/path"] == "/metrics"
+    assert k8s_setting("admin_host") == "0.0.0.0"
+    assert env_name("admin_token") in secret()
 
 
 def test_service_selects_the_relay_pods() -> None:

@@ -42,6 +42,7 @@ def relay_settings(stack: StackInfo, emulator: EmulatorServer, **overrides: Any)
         "fal_key": "emulator-key",
         "fal_jwks_url": emulator.jwks_url,
         "http_port": port,
+        "admin_port": free_port(),
         "public_webhook_url": f"http://127.0.0.1:{port}",
         "webhook_secret": "s" * 32 + run,
         "s3_endpoint": stack.s3_endpoint,
@@ -171,7 +172,7 @@ class TopicReader:
 async def scrape(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The relay's Prometheus metrics: (sample name, sorted labels) -> value."""
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"http://127.0.0.1:{settings.http_port}/metrics")).text
+        text = (await http.get(f"http://127.0.0.1:{settings.admin_port}/metrics")).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

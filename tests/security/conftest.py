@@ -35,7 +35,8 @@ class Service:
     emulator: EmulatorServer
     settings: Settings
     relay: Relay
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # the public listener
+    admin: httpx.AsyncClient  # the admin listener
 
     def webhook_url(self, key: str, *, token_for: str | None = None) -> str:
         """`key`'s webhook URL, carrying the token of `token_for` (default: `key`'s own)."""
@@ -87,5 +88,6 @@ async def service(stack: StackInfo) -> AsyncIterator[Service]:
         async with (
             running(settings) as relay,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as http,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.admin_port}") as admin,
         ):
-            yield Service(stack, emulator, settings, relay.relay, http)
+            yield Service(stack, emulator, settings, relay.relay, http, admin)

@@ -168,15 +168,25 @@ async def settled(relay: Relay) -> None:
     await eventually(lambda: relay.jobs.active == 0, timeout=60)
 
 
-def http_app(relay: Relay) -> Starlette:
-    """The Starlette app the relay's HTTP server runs."""
-    assert relay.http_app is not None, "the relay serves no HTTP"
-    return relay.http_app
+def http_app(relay: Relay, *, admin: bool = False) -> Starlette:
+    """The Starlette app the relay's public (or admin) listener runs."""
+    served = relay.admin_http_app if admin else relay.http_app
+    assert served is not None, "the relay serves no HTTP"
+    return served
 
 
-def route_methods(relay: Relay) -> dict[str, frozenset[str]]:
-    """Each path the relay serves, and the methods it answers there."""
-    routes = http_app(relay).routes
-    # Anything but a plain HTTP route (a mount, a websocket) would be surface unaccounted for.
-    assert all(type(route) is Route for route in routes), routes
-    return {route.path: frozenset(route.methods or ()) for route in routes if type(route) is Route}
+def route_methods(relay: Relay, *, listener: str = "both") -> dict[str, frozenset[str]]:
+    """Each path the relay serves (on the `public` or `admin` listener, or `both`), and the
+    methods it answers there."""
+    apps = {"public": [False], "admin": [True], "both": [False, True]}[listener]
+    methods: dict[str, frozenset[str]] = {}
+    for admin in apps:
+        routes = http_app(relay, admin=admin).routes
+        # Anything but a plain HTTP route (a mount, a websocket) would be surface unaccounted.
+        assert all(type(route) is Route for route in routes), routes
+        for route in routes:
+            if type(route) is Route:
+                methods[route.path] = methods.get(route.path, frozenset()) | (
+                    route.methods or frozenset()
+                )
+    return methods

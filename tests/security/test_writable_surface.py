@@ -38,10 +38,11 @@ async def test_only_the_webhook_route_accepts_a_write(service: Service) -> None:
     assert {path for path, methods in routes.items() if methods - READ_METHODS} == {WEBHOOK_PATH}
     assert routes[WEBHOOK_PATH] == {"POST"}
 
-    answers = await refused_writes(service.http, [*routes, *UNROUTED_PATHS])
-    assert {request for request, status in answers.items() if status not in (404, 405)} == set()
-    for path in UNROUTED_PATHS:
-        assert (await service.http.get(path)).status_code == 404
+    for http in (service.http, service.admin):
+        answers = await refused_writes(http, [*routes, *UNROUTED_PATHS])
+        assert {req for req, status in answers.items() if status not in (404, 405)} == set()
+        for path in UNROUTED_PATHS:
+            assert (await http.get(path)).status_code == 404
 
 
 async def test_a_polling_only_relay_has_no_writable_route(service: Service) -> None:
@@ -51,10 +52,12 @@ async def test_a_polling_only_relay_has_no_writable_route(service: Service) -> N
     async with (
         Relay(settings) as relay,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as http,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.admin_port}") as admin,
     ):
         routes = route_methods(relay)
         assert WEBHOOK_PATH not in routes
         assert {path for path, methods in routes.items() if methods - READ_METHODS} == set()
         answers = await refused_writes(http, [*routes, WEBHOOK_PATH, *UNROUTED_PATHS])
+        answers |= await refused_writes(admin, [*routes, WEBHOOK_PATH, *UNROUTED_PATHS])
         assert (await http.post(WEBHOOK_PATH, content=b"{}")).status_code == 404
     assert {request for request, status in answers.items() if status not in (404, 405)} == set()
