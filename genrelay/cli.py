@@ -8,6 +8,8 @@ genrelay bulk …      submit a JSONL/CSV file, follow it, collect a manifest, c
 genrelay bench       end-to-end figures against the baselines, in one run
 genrelay chaos       run fault scenarios and check the invariants held
 genrelay audit       check from fal's billing that every key was paid for once
+genrelay inspect     what happened to one key: its ledger states, event, files, trace
+genrelay dead-letters  list, show and re-drive refused requests
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ def _parser() -> argparse.ArgumentParser:
 
     bench_cli.add_arguments(commands.add_parser("bench", help="run the benchmark scenarios"))
     chaos_cli.add_arguments(commands.add_parser("chaos", help="run fault scenarios"))
-    from genrelay.audit import cli as audit_cli
+    from genrelay.operations import audit_cli
 
     audit_cli.add_arguments(
         commands.add_parser("audit", help="check fal's billing: one charge per key")
+    )
+    from genrelay.operations import inspect_cli
+
+    inspect_cli.add_arguments(commands.add_parser("inspect", help="the story of one key"))
+    from genrelay.operations import dead_letters_cli
+
+    dead_letters_cli.add_arguments(
+        commands.add_parser("dead-letters", help="list, show and re-drive dead letters")
     )
     return parser
 
@@ -78,8 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from genrelay.bench import cli as bench_cli
 
         return bench_cli.main(args)
+    if args.command == "dead-letters":
+        from genrelay.operations import dead_letters_cli
+
+        return dead_letters_cli.main(args)
+    if args.command == "inspect":
+        from genrelay.operations import inspect_cli
+
+        return inspect_cli.main(args)
     if args.command == "audit":
-        from genrelay.audit import cli as audit_cli
+        from genrelay.operations import audit_cli
 
         return audit_cli.main(args)
     if args.command == "chaos":

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from genrelay.producers.errors import BrokerError, ClientStateError, PublishError
@@ -159,8 +159,23 @@ class KafkaCompletionSource:
             raise BrokerError(f"no offsets for {self._topic} in time", retryable=True) from None
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of a topic, from its beginning to its end as of now."""
+async def partition_count(bootstrap: str, topic: str) -> int:
+    """How many partitions `topic` has (BrokerError if it does not exist)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await producer.start()
+    try:
+        # Waits for the topic's metadata; an unknown topic times out.
+        partitions = await asyncio.wait_for(producer.partitions_for(topic), 15)
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerError(f"topic {topic} is unknown: {exc!r}", retryable=False) from exc
+    finally:
+        await producer.stop()
+    return len(partitions)
+
+
+async def read_topic(bootstrap: str, topic: str, *, partition: int | None = None) -> list[Any]:
+    """Every record of a topic (or of one of its partitions), from its beginning to its end
+    as of now."""
     # Subscribing without a group assigns every partition once the consumer has started.
     # The reset policy must be "earliest" although the partitions are sought to their
     # beginning below: a freshly assigned partition is also reset by the consumer itself,
@@ -169,7 +184,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     # `_update_fetch_positions`). With "latest" every partition then starts at its end and
     # the topic reads as empty; how often depends on timing, so it happened under load.
     consumer = AIOKafkaConsumer(
-        topic,
+        *([topic] if partition is None else []),
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -179,6 +194,8 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     )
     await consumer.start()
     try:
+        if partition is not None:
+            consumer.assign([TopicPartition(topic, partition)])
         partitions = list(consumer.assignment())
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)

@@ -151,9 +151,7 @@ async def run(
     output = output or Output()
     try:
         if args.bulk_command == "submit":
-            options = _submit_options(args)
-            await _preflight(args, options)
-            return await commands.submit(options, connector, output)
+            return await commands.submit(_submit_options(args), connector, output)
         if args.bulk_command == "status":
             return commands.status(_run_options(args), output)
         if args.bulk_command == "collect":
@@ -161,9 +159,6 @@ async def run(
         if args.bulk_command == "cancel":
             return await commands.cancel(_run_options(args), connector, output)
     except BulkError as exc:
-        print(f"genrelay bulk: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
-    except UnreachableError as exc:
         print(f"genrelay bulk: {exc}", file=sys.stderr)
         return _EXIT_USAGE
     except BrokerError as exc:
@@ -177,6 +172,13 @@ async def _until_terminated(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if args.bulk_command == "submit":
+        # The real connector's addresses must answer: else one line, at once.
+        try:
+            await _preflight(args, _submit_options(args))
+        except (UnreachableError, BulkError) as exc:
+            print(f"genrelay bulk: {exc}", file=sys.stderr)
+            return _EXIT_USAGE
     return await run(args)
 
 

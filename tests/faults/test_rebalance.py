@@ -64,6 +64,7 @@ async def test_a_replica_joining_beside_a_large_ledger_is_never_expelled_and_pay
     second = first.model_copy(
         update={
             "http_port": port,
+            "admin_port": free_port(),
             "public_webhook_url": f"http://127.0.0.1:{port}",
             "instance_id": "second",
         }

@@ -53,7 +53,13 @@ async def test_survivor_finishes_a_killed_replicas_jobs_without_resubmitting(
         )
         replicas = [
             RelayProcess(
-                base.model_copy(update={"http_port": port, "instance_id": f"relay-{n}"}),
+                base.model_copy(
+                    update={
+                        "http_port": port,
+                        "admin_port": free_port(),
+                        "instance_id": f"relay-{n}",
+                    }
+                ),
                 tmp_path,
                 name=f"relay-{n}",
             )

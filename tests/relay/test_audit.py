@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from genrelay.audit import cli as audit_cli
 from genrelay.consumer.service.config import Settings
 from genrelay.consumer.steps import key_hash
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
+from genrelay.operations import audit_cli
 from tests.relay.harness import TopicReader, produce, relay_settings, running, submit_record
 from tests.waiting import eventually
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from genrelay.audit.report import audit
 from genrelay.consumer.provider.fal_platform import BillingEvent
 from genrelay.consumer.steps import key_hash
+from genrelay.operations.audit import audit
 from genrelay.schemas.completions import CompletionEvent, Timings
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from genrelay.audit.report import AuditReport, audit
 from genrelay.consumer.errors import ProviderError
 from genrelay.consumer.provider.fal_platform import FalPlatform
 from genrelay.consumer.service.config import Settings
+from genrelay.operations.audit import AuditReport, audit
 from genrelay.producers.kafka import read_topic
 from genrelay.schemas.base import from_json_bytes
 from genrelay.schemas.completions import CompletionEvent

@@ -1,1 +1,0 @@
-"""`genrelay audit`: proof from the provider's own records that each key was paid for once."""

@@ -1,0 +1,1 @@
+"""Operator tools that read genrelay's and the provider's records: inspect a key, audit spend."""
