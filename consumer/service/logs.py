@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 REDACTED = "[REDACTED]"
+SHORTEST_SECRET = 12  # characters: a shorter value is not treated as a secret
 CONTEXT_FIELDS = ("idempotency_key", "request_id", "trace_id")
 
 
@@ -90,7 +91,9 @@ class SecretRedactor(logging.Filter):
         super().__init__()
         # Longest first, so a secret containing another is replaced whole. URL-encoded forms
         # too: S3 secret keys contain '/' and '+', which appear escaped in logged URLs.
-        values = {form for secret in secrets if secret for form in (secret, quote(secret, ""))}
+        # A value too short to be a secret would only garble the text it happens to occur in.
+        real = [secret for secret in secrets if len(secret) >= SHORTEST_SECRET]
+        values = {form for secret in real for form in (secret, quote(secret, ""))}
         ordered = sorted(values, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 

@@ -13,8 +13,9 @@ from genrelay.consumer.service.relay import Relay
 async def run_relay() -> int:
     """Run one replica until SIGINT or SIGTERM; the exit code."""
     settings = Settings()
-    secrets = [settings.fal_key, settings.webhook_secret, settings.s3_access_key]
-    secrets.append(settings.s3_secret_key)
+    # An S3 access key id is not a secret (it names the user); the secret key is.
+    secrets = [settings.fal_key, settings.webhook_secret, settings.s3_secret_key]
+    secrets.append(settings.admin_token)
     configure_logging(
         settings.log_level, json=settings.log_json, secrets=[s.get_secret_value() for s in secrets]
     )

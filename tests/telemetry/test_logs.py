@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from genrelay.consumer.service.logs import REDACTED, configure_logging, current_job, job_context
+from genrelay.consumer.service.logs import (
+    REDACTED,
+    SecretRedactor,
+    configure_logging,
+    current_job,
+    job_context,
+)
 
 FAL_KEY = "fal-key-4d1c:9f2e7a"
 S3_SECRET = "wJalr/XUtnFEMI+K7MDENG"
@@ -117,3 +123,11 @@ def test_configuring_again_replaces_the_handler_instead_of_doubling_lines() -> N
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+def test_a_value_too_short_to_be_a_secret_never_garbles_the_text() -> None:
+    # The local stack's S3 access key used to be `genrelay`, and every traceback read
+    # `[REDACTED].consumer…`. Access key ids are not secrets, and short values are ignored.
+    redactor = SecretRedactor(["genrelay", "a-real-secret-value"])
+    text = redactor.redact("genrelay.consumer failed with a-real-secret-value")
+    assert text == f"genrelay.consumer failed with {REDACTED}"
