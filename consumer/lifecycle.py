@@ -503,7 +503,7 @@ def _on_cancel(record: LedgerRecord | None, key: str, now: datetime) -> Decision
 
 
 # fal's start deadline (X-Fal-Request-Timeout) must be at least a second away.
-_LEAST_START = timedelta(seconds=1)
+LEAST_START = timedelta(seconds=1)
 
 
 def _deadline(record: LedgerRecord) -> datetime | None:
@@ -513,7 +513,7 @@ def _deadline(record: LedgerRecord) -> datetime | None:
 
 def _past_deadline(record: LedgerRecord, now: datetime) -> bool:
     deadline = _deadline(record)
-    return deadline is not None and deadline - now < _LEAST_START
+    return deadline is not None and deadline - now < LEAST_START
 
 
 def _deadline_exceeded(record: LedgerRecord, now: datetime) -> Decision:
@@ -891,6 +891,7 @@ def build_event(
 ) -> CompletionEvent:
     """The completion event for a finished key; its id is derived, so rebuilding is identical."""
     request_id = record.job.request_id if record.job else None
+    cost = _cost(record)
     event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{record.idempotency_key}\n{request_id}\n{status}")
     return CompletionEvent(
         event_id=str(event_id),
@@ -904,8 +905,8 @@ def build_event(
         timings=_timings(record, now),
         attempts=record.attempts,
         cost_units=record.cost_units,
-        cost_usd=_cost(record),
-        cost_source="estimate" if _cost(record) is not None else None,
+        cost_usd=cost,
+        cost_source="estimate" if cost is not None else None,
         metadata=record.request.metadata,
         replayed=False,
         completed_at=now,

@@ -137,9 +137,6 @@ def tags_of(record: LedgerRecord) -> Tags:
     return Tags(key_hash(record.idempotency_key), record.attempts, record.request.tenant)
 
 
-# fal's least time-to-start is above 0.1 s; an attempt with less left is not sent at all.
-_LEAST_START_S = 1.0
-
 # An ambiguous POST, if it arrived, reached the provider after `posted_at` and before its
 # start deadline (or, without one, within the client's timeout), give or take the clocks.
 _CLOCKS_APART = timedelta(seconds=60)
@@ -186,7 +183,8 @@ class Steps:
         start_timeout = None
         if start_by is not None:
             start_timeout = (start_by - datetime.now(UTC)).total_seconds()
-            if start_timeout < _LEAST_START_S:
+            # fal's least time-to-start is above 0.1 s; genrelay's floor is the lifecycle's.
+            if start_timeout < lc.LEAST_START.total_seconds():
                 # Too late to send this attempt: once its start deadline has passed, another
                 # owner may be proving from fal's records that it never arrived, and re-post.
                 late = ErrorDetail(

@@ -14,7 +14,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,7 +83,6 @@ class Entry:
     billed_units: float | None = None
     unit_price: float | None = None
     billed_at: float | None = None
-    extra: dict[str, JSON] = field(default_factory=dict)
 
     @property
     def status(self) -> str | None:

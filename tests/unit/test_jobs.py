@@ -226,10 +226,12 @@ async def test_a_key_still_waiting_for_a_slot_at_its_deadline_ends_then_unpaid()
 
 
 # Reconciling from the request history, with times small enough for a test: the proof of
-# absence comes 1.5 s (start deadline) + 0.3 s (lag) + 0.1 s (slack) after the POST.
+# absence comes 2.5 s (start deadline) + 0.3 s (lag) + 0.1 s (slack) after the POST. The
+# deadline leaves a busy loop 1.5 s between the intent and the POST (an attempt with less
+# than a second left is not sent).
 RECONCILING = lc.Policy(
     reconcile=True,
-    start_timeout=timedelta(seconds=1.5),
+    start_timeout=timedelta(seconds=2.5),
     history_lag=timedelta(seconds=0.3),
     clock_slack=timedelta(seconds=0.1),
 )
@@ -300,19 +302,25 @@ async def test_the_event_carries_the_billed_units_and_their_estimated_cost() -> 
     assert (event.cost_units, event.cost_usd, event.cost_source) == (2.0, 0.025, "estimate")
 
 
-async def test_an_attempt_whose_start_deadline_passed_before_sending_is_never_sent() -> None:
-    # A replica frozen between committing SUBMITTING and its POST wakes after the attempt's
-    # start deadline: the new owner may be proving from fal's records that it never arrived.
-    provider = FakeProvider()
-    metrics = RelayMetrics()
-    steps = Steps(
+def bare_steps(provider: FakeProvider, metrics: RelayMetrics) -> Steps:
+    """`Steps` alone, reading `provider`'s request history, for a step tested by itself."""
+    return Steps(
         provider=provider,
         files=FakeFiles(),
         publisher=MemoryPublisher(),
         webhook_url=lambda key, attempt: None,
         observers=Observers(NoOpTracer(), metrics, RecentOutcomes()),
         backoff=lambda attempt: 0.0,
+        history=provider,
     )
+
+
+async def test_an_attempt_whose_start_deadline_passed_before_sending_is_never_sent() -> None:
+    # A replica frozen between committing SUBMITTING and its POST wakes after the attempt's
+    # start deadline: the new owner may be proving from fal's records that it never arrived.
+    provider = FakeProvider()
+    metrics = RelayMetrics()
+    steps = bare_steps(provider, metrics)
     now = datetime.now(UTC)
     decided = lc.decide(
         None, lc.SubmitCommand({"input": {"p": 1}}, "fp", ENDPOINT), "k", now, RECONCILING
@@ -336,15 +344,7 @@ async def test_a_post_that_arrived_late_but_before_its_start_deadline_is_found()
     # prove it absent and pay twice.
     provider = FakeProvider()
     metrics = RelayMetrics()
-    steps = Steps(
-        provider=provider,
-        files=FakeFiles(),
-        publisher=MemoryPublisher(),
-        webhook_url=lambda key, attempt: None,
-        observers=Observers(NoOpTracer(), metrics, RecentOutcomes()),
-        backoff=lambda attempt: 0.0,
-        history=provider,
-    )
+    steps = bare_steps(provider, metrics)
     now = datetime.now(UTC)
     policy = replace(RECONCILING, start_timeout=timedelta(minutes=10))
     posted = now - timedelta(minutes=5)
