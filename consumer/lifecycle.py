@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -241,6 +241,13 @@ Step = Literal["poll", "fetch", "store"]
 
 
 @dataclass(frozen=True)
+class Due:
+    """A wait the lifecycle asked for is over: run `step` again if the key still needs it."""
+
+    step: Step | Literal["search"]
+
+
+@dataclass(frozen=True)
 class StepFailed:
     """A step failed in a way a later attempt may not repeat (5xx, reset, slow down)."""
 
@@ -251,6 +258,27 @@ class StepFailed:
 @dataclass(frozen=True)
 class StepOk:
     """A poll answered: the job is still queued or running."""
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """A poll was refused for rate (429): poll again, no sooner than `retry_after` seconds."""
+
+    retry_after: float | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A poll answered that the job finished: its result can be read."""
+
+
+@dataclass(frozen=True)
+class AccountChecked:
+    """Whether our account knows the request a webhook named (`None`: it could not be
+    asked)."""
+
+    news: News
+    ours: bool | None
 
 
 Event = (
@@ -276,6 +304,10 @@ Event = (
     | TooLarge
     | StepFailed
     | StepOk
+    | Throttled
+    | Finished
+    | Due
+    | AccountChecked
 )
 
 # --- effects ------------------------------------------------------------------------------
@@ -314,18 +346,44 @@ class AwaitAdoption:
 
 @dataclass(frozen=True)
 class SearchHistory:
-    """Look for an ambiguous submit in the provider's request history after a short wait;
-    `HistorySearched` next. (The grace is checked on each answer, not by a timer.)"""
+    """Look for an ambiguous submit in the provider's request history after a short wait
+    (`Due("search")`). (The grace is checked on each answer, not by a timer.)"""
+
+
+@dataclass(frozen=True)
+class Search:
+    """Search the provider's request history for the current attempt now; `HistorySearched`
+    next."""
 
 
 @dataclass(frozen=True)
 class Watch:
-    """Wait for news: a webhook, else poll the status after the grace period."""
+    """Wait for news: a webhook, else poll the status after the grace period (`Due("poll")`)."""
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Ask the provider where the job is now: `StepOk`, `Throttled`, `Finished`, or news."""
+
+
+@dataclass(frozen=True)
+class PollAgain:
+    """Poll after the next, growing, interval, and no sooner than `at_least` seconds."""
+
+    at_least: float | None = None
+
+
+@dataclass(frozen=True)
+class AskAgain:
+    """Ask again, after a back-off, whether a webhook's request is ours."""
+
+    news: News
 
 
 @dataclass(frozen=True)
 class RetryStep:
-    """Try `step` again after a back-off for its `failures`-th consecutive failure."""
+    """Try `step` again (`Due(step)`) after a back-off for its `failures`-th consecutive
+    failure."""
 
     step: Step
     failures: int
@@ -375,9 +433,13 @@ Effect = (
     | PostLater
     | AwaitAdoption
     | SearchHistory
+    | Search
     | Watch
+    | Poll
+    | PollAgain
     | RetryStep
     | ConfirmAccount
+    | AskAgain
     | FetchResult
     | StoreFiles
     | Publish
@@ -601,9 +663,32 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _searched(record, matches, as_of, now, policy)
         case StepFailed(step=step, error=error) if _step_applies(record, step):
             return _step_failed(record, step, error, now, policy)
-        case StepOk() if record.step_failures:
-            return _change(record, now, step_failures=0, step_failing_since=None).then()
+        case StepOk() if record.phase is Phase.SUBMITTED:
+            if record.step_failures:
+                fresh = _change(record, now, step_failures=0, step_failing_since=None)
+                return fresh.then(PollAgain())
+            return Decision(None, (PollAgain(),))
+        case Throttled(retry_after=at_least) if record.phase is Phase.SUBMITTED:
+            # Back-pressure, not a failure: no budget is spent.
+            return Decision(None, (PollAgain(at_least),))
+        case Finished() if record.phase is Phase.SUBMITTED:
+            return Decision(None, (FetchResult(),))
+        case Due(step=step):
+            return _due(record, step)
+        case AccountChecked(news=news, ours=True):
+            return _news(record, replace(news, account_confirmed=True), now, policy)
+        case AccountChecked(news=news, ours=None) if record.phase in _ADOPTING:
+            return Decision(None, (AskAgain(news),))  # moot once the key has moved on
     return NOTHING
+
+
+# The phases in which a webhook's request may be adopted as the key's.
+_ADOPTING = frozenset({Phase.SUBMITTING, Phase.UNKNOWN})
+
+
+def _due(record: LedgerRecord, step: Step | Literal["search"]) -> Decision:
+    phases, effect = _DUE[step]
+    return Decision(None, (effect,)) if record.phase in phases else NOTHING
 
 
 # The phases in which each step runs.
@@ -616,6 +701,15 @@ _STEP_PHASES: dict[Step, frozenset[Phase]] = {
 
 def _step_applies(record: LedgerRecord, step: Step) -> bool:
     return record.phase in _STEP_PHASES[step]
+
+
+# What each wait's end runs, and in which phases it still has something to do.
+_DUE: dict[str, tuple[frozenset[Phase], Effect]] = {
+    "poll": (_STEP_PHASES["poll"], Poll()),
+    "fetch": (_STEP_PHASES["fetch"], FetchResult()),
+    "store": (_STEP_PHASES["store"], StoreFiles()),
+    "search": (frozenset({Phase.UNKNOWN}), Search()),
+}
 
 
 def _step_failed(
@@ -781,7 +875,7 @@ def _absent(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
 
 
 def _news(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
-    if record.phase in (Phase.SUBMITTING, Phase.UNKNOWN):
+    if record.phase in _ADOPTING:
         if news.job is None or news.attempt != record.attempts:
             return NOTHING  # no handle, or a URL made for an earlier attempt
         if not news.account_confirmed:

@@ -76,18 +76,6 @@ class FileStorer(Protocol):
 
 
 @dataclass(frozen=True)
-class StillRunning:
-    """The provider has not finished the job; poll again later."""
-
-
-@dataclass(frozen=True)
-class Throttled:
-    """The provider asked us to poll less (429): wait at least `retry_after` seconds."""
-
-    retry_after: float | None
-
-
-@dataclass(frozen=True)
 class Observers:
     """Where the steps report: traces, metrics and the status page's recent outcomes."""
 
@@ -260,10 +248,8 @@ class Steps:
             to_job(self._provider.submission_for(record.endpoint, request_id)) for request_id in ids
         )
 
-    async def poll(
-        self, record: LedgerRecord, partition: int
-    ) -> lc.Event | StillRunning | Throttled | None:
-        """Ask where the job is; None means "it finished: fetch the result"."""
+    async def poll(self, record: LedgerRecord, partition: int) -> lc.Event:
+        """Ask where the job is."""
         assert record.job is not None
         with step_span(self._tracer, Step.POLL, record.traceparent):
             try:
@@ -271,15 +257,15 @@ class Steps:
             except NotFound as exc:
                 return lc.ResultGone(_failure(exc, "request_lost"))
             except RateLimited as exc:
-                return Throttled(exc.retry_after)
+                return lc.Throttled(exc.retry_after)
             except ProviderError as exc:
                 log.info("status poll failed: %s", exc)
                 return lc.StepFailed("poll", _failure(exc, "status_unavailable"))
         if status.state is JobState.COMPLETED:
             self._metrics.resolved(Resolution.POLL)
-            return None
+            return lc.Finished()
         await self._progress(record, status, partition)
-        return StillRunning()
+        return lc.StepOk()
 
     async def _progress(self, record: LedgerRecord, status: JobStatus, partition: int) -> None:
         assert record.job is not None
@@ -288,20 +274,19 @@ class Steps:
             key, record.job, status.state, status.queue_position, partition
         )
 
-    async def ours(self, news: lc.News) -> bool | None:
-        """Whether our fal account knows the request a webhook named (asked with our key);
-        None when the provider could not be asked."""
+    async def ours(self, news: lc.News) -> lc.AccountChecked:
+        """Whether our fal account knows the request a webhook named (asked with our key)."""
         assert news.job is not None
         try:
             await self._provider.status(to_submission(news.job))
         except NotFound:
             self._metrics.foreign_webhook()
             log.warning("a webhook named request %s, unknown to our account", news.request_id)
-            return False
+            return lc.AccountChecked(news, ours=False)
         except ProviderError as exc:
             log.info("could not ask about request %s yet: %s", news.request_id, exc)
-            return None
-        return True
+            return lc.AccountChecked(news, ours=None)
+        return lc.AccountChecked(news, ours=True)
 
     async def fetch(self, record: LedgerRecord) -> lc.Event:
         """GET the result, and report what it answered."""

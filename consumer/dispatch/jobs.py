@@ -27,7 +27,7 @@ from genrelay.consumer.provider.provider import Priority
 from genrelay.consumer.service import failpoints
 from genrelay.consumer.service.logs import job_context
 from genrelay.consumer.service.telemetry import job_span, trace_id_of, traceparent_of
-from genrelay.consumer.steps import Observers, Steps, StillRunning, Throttled
+from genrelay.consumer.steps import Observers, Steps
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
 
@@ -58,13 +58,16 @@ class Timing:
     poll_rate: float = 200.0  # status polls per second, at most, for the whole replica
 
 
+# An event waiting in a key's inbox: the event, the callback to run once its state is durable,
+# and the Kafka record it came from (if any).
+_Queued = tuple[lc.Event, Callable[[], None] | None, Any]
+
+
 @dataclass
 class _Actor:
     key: str
     partition: int
-    inbox: deque[tuple[lc.Event | _Internal, Callable[[], None] | None, Any]] = field(
-        default_factory=deque
-    )
+    inbox: deque[_Queued] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
     slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
@@ -84,20 +87,6 @@ class _Once:
         callback, self._callback = self._callback, None
         if callback is not None:
             callback()
-
-
-@dataclass(frozen=True)
-class _Internal:
-    """A timer firing inside the actor: run a step again (not a lifecycle event)."""
-
-    step: str
-
-
-_POLL_DUE = _Internal("poll")
-_FETCH_DUE = _Internal("fetch")
-_STORE_DUE = _Internal("store")
-_SEARCH_DUE = _Internal("search")
-_STEP_DUE: dict[lc.Step, _Internal] = {"poll": _POLL_DUE, "fetch": _FETCH_DUE, "store": _STORE_DUE}
 
 
 def _now() -> datetime:
@@ -248,10 +237,7 @@ class Jobs:
             trace_id = trace_id_of(record.traceparent) if record else None
             durable = _Once(on_done)
             with job_context(key=actor.key, request_id=request_id, trace_id=trace_id):
-                if isinstance(event, _Internal):
-                    await self._internal(actor, event)
-                else:
-                    await self._apply(actor, event, source, durable)
+                await self._apply(actor, event, source, durable)
             durable()
         self._maybe_forget(actor)
 
@@ -284,6 +270,8 @@ class Jobs:
         if decision.record is not None:
             decision = await self._write(actor, decision)
             assert decision.record is not None
+            if isinstance(event, lc.Accepted) and decision.record.phase is Phase.SUBMITTED:
+                failpoints.reached("after_submitted")
             if decision.record.terminal:
                 self._release_slot(actor)
                 self._cancel_timer(actor)  # a pending poll or retry has nothing left to do
@@ -341,6 +329,7 @@ class Jobs:
             return replace(event, traceparent=traceparent_of(span) or event.traceparent)
 
     async def _perform(self, actor: _Actor, effect: lc.Effect, source: Any) -> None:
+        """Perform one effect. What it learns re-enters through the key's inbox, next."""
         record = self._ledger.get(actor.key)
         assert record is not None or isinstance(effect, lc.Conflict)
         match effect:
@@ -349,29 +338,34 @@ class Jobs:
                 self._await_slot(actor, record)
                 if until is not None:
                     # No slot by the deadline: the key ends then, unpaid.
-                    self._schedule(actor, (until - _now()).total_seconds(), lc.DeadlinePassed())
+                    self._schedule(actor, _seconds_until(until), lc.DeadlinePassed())
             case lc.Post(start_by=start_by):
                 await self._submit(actor, start_by)
             case lc.PostLater(at=at):
-                self._schedule(actor, (at - _now()).total_seconds(), lc.RetryDue())
+                self._schedule(actor, _seconds_until(at), lc.RetryDue())
             case lc.AwaitAdoption(until=until):
-                self._schedule(actor, (until - _now()).total_seconds(), lc.UnknownUnresolved())
+                self._schedule(actor, _seconds_until(until), lc.UnknownUnresolved())
             case lc.SearchHistory():
                 interval = self._timing.history_search_interval * random.uniform(1.0, 1.5)
-                self._schedule(actor, interval, _SEARCH_DUE)
+                self._schedule(actor, interval, lc.Due("search"))
             case lc.Watch():
                 actor.polls = 0
                 # Spread: keys submitted together are not first polled together.
                 grace = self._timing.poll_grace * random.uniform(1.0, 1.5)
-                self._schedule(actor, grace, _POLL_DUE)
+                self._schedule(actor, grace, lc.Due("poll"))
+            case lc.PollAgain(at_least=at_least):
+                # At least as long as the provider asked, when it asked us to slow down.
+                self._schedule(actor, max(at_least or 0.0, self._next_poll(actor)), lc.Due("poll"))
             case lc.RetryStep(step=step, failures=failures):
-                self._schedule(actor, self.backoff(failures), _STEP_DUE[step])
-            case lc.ConfirmAccount(news=news):
-                await self._confirm_account(actor, news)
-            case lc.FetchResult():
-                await self._fetch(actor)
-            case lc.StoreFiles():
-                await self._store(actor)
+                self._schedule(actor, self.backoff(failures), lc.Due(step))
+            case lc.AskAgain(news=news):
+                # Beside the key's timer, which may hold its poll or search.
+                actor.asked += 1
+                delay = self.backoff(actor.asked)
+                asyncio.get_running_loop().call_later(delay, self._redeliver, actor, news)
+            case lc.Poll() | lc.Search() | lc.ConfirmAccount() | lc.FetchResult() | lc.StoreFiles():
+                assert record is not None
+                self._next(actor, await self._learn(actor, record, effect))
             case lc.Publish(event=event):
                 assert record is not None
                 await self._publish(actor, record, event)
@@ -382,6 +376,29 @@ class Jobs:
             case lc.CancelAtProvider(job=job):
                 assert record is not None
                 await self._steps.cancel(record, job)
+
+    async def _learn(
+        self,
+        actor: _Actor,
+        record: LedgerRecord,
+        effect: lc.Poll | lc.Search | lc.ConfirmAccount | lc.FetchResult | lc.StoreFiles,
+    ) -> lc.Event:
+        """Run a step that asks the outside world something; its answer is the next event."""
+        match effect:
+            case lc.Poll():
+                await self._poll_pacer.wait()
+                return await self._steps.poll(record, actor.partition)
+            case lc.Search():
+                return await self._steps.search(record)
+            case lc.ConfirmAccount(news=news):
+                checked = await self._steps.ours(news)
+                if checked.ours:
+                    actor.asked = 0
+                return checked
+            case lc.FetchResult():
+                return await self._steps.fetch(record)
+            case lc.StoreFiles():
+                return await self._steps.store(record)
 
     async def _publish(self, actor: _Actor, record: LedgerRecord, event: CompletionEvent) -> None:
         # The event and the ledger's note that it was announced commit in one transaction,
@@ -408,32 +425,7 @@ class Jobs:
         self._release_slot(actor)
         self._cancel_timer(actor)
 
-    async def _internal(self, actor: _Actor, due: _Internal) -> None:
-        record = self._ledger.get(actor.key)
-        if record is None or record.terminal:
-            return
-        if due is _POLL_DUE and record.phase is Phase.SUBMITTED:
-            await self._poll(actor, record)
-        elif due is _FETCH_DUE and record.phase in (Phase.SUBMITTED, Phase.RESULT_READY):
-            await self._fetch(actor)
-        elif due is _STORE_DUE and record.phase is Phase.RESULT_READY:
-            await self._store(actor)
-        elif due is _SEARCH_DUE and record.phase is Phase.UNKNOWN:
-            await self._apply(actor, await self._steps.search(record))
-
-    # --- steps and what follows them ------------------------------------------------------
-
-    async def _confirm_account(self, actor: _Actor, news: lc.News) -> None:
-        ours = await self._steps.ours(news)
-        if ours:
-            actor.asked = 0
-            await self._apply(actor, replace(news, account_confirmed=True))
-        elif ours is None:
-            # The provider could not be asked (a cut, a 5xx): the news comes back after a
-            # back-off and is decided again (moot once the key has moved on).
-            actor.asked += 1
-            delay = self.backoff(actor.asked)
-            asyncio.get_running_loop().call_later(delay, self._redeliver, actor, news)
+    # --- submitting ------------------------------------------------------------------------
 
     def _redeliver(self, actor: _Actor, event: lc.Event) -> None:
         if not actor.closed:
@@ -453,40 +445,11 @@ class Jobs:
             # Committing again proves this replica still owns it (`Fenced` otherwise).
             touched = record.model_copy(update={"updated_at": _now()})
             await self._ledger.write(touched, actor.partition)
-        outcome = await self._steps.submit(record, start_by)
-        await self._apply(actor, outcome)
-        if isinstance(outcome, lc.Accepted):
-            failpoints.reached("after_submitted")
-
-    async def _poll(self, actor: _Actor, record: LedgerRecord) -> None:
-        await self._poll_pacer.wait()
-        outcome = await self._steps.poll(record, actor.partition)
-        if outcome is None:
-            await self._fetch(actor)
-        elif isinstance(outcome, StillRunning):
-            await self._apply(actor, lc.StepOk())
-            self._schedule(actor, self._next_poll(actor), _POLL_DUE)
-        elif isinstance(outcome, Throttled):
-            # Back-pressure, not a failure: wait at least as long as the provider asked.
-            self._schedule(
-                actor, max(outcome.retry_after or 0.0, self._next_poll(actor)), _POLL_DUE
-            )
-        else:
-            await self._apply(actor, outcome)
-
-    async def _fetch(self, actor: _Actor) -> None:
-        record = self._ledger.get(actor.key)
-        assert record is not None
-        await self._apply(actor, await self._steps.fetch(record))
-
-    async def _store(self, actor: _Actor) -> None:
-        record = self._ledger.get(actor.key)
-        assert record is not None
-        await self._apply(actor, await self._steps.store(record))
+        self._next(actor, await self._steps.submit(record, start_by))
 
     # --- timers, slots, bookkeeping -------------------------------------------------------
 
-    def _schedule(self, actor: _Actor, delay: float, event: lc.Event | _Internal) -> None:
+    def _schedule(self, actor: _Actor, delay: float, event: lc.Event) -> None:
         """Deliver `event` to the actor after `delay` seconds (one pending timer per key)."""
         if actor.closed:
             return
@@ -542,10 +505,15 @@ class Jobs:
             actor.slot_wait.cancel()
             actor.slot_wait = None
 
-    def _deliver_internal(self, actor: _Actor, event: lc.Event | _Internal) -> None:
+    def _deliver_internal(self, actor: _Actor, event: lc.Event) -> None:
         actor.inbox.append((event, None, None))
         self._actors.setdefault(actor.key, actor)
         self._ensure_running(actor)
+
+    def _next(self, actor: _Actor, event: lc.Event) -> None:
+        """What an effect learnt: the key's next event, ahead of any that arrived meanwhile
+        (the key's loop is running, so it takes it at once)."""
+        actor.inbox.appendleft((event, None, None))
 
     async def _hold_slot(self, actor: _Actor, record: LedgerRecord) -> bool:
         """Take a slot for the key; True when it had to wait for one."""
@@ -590,6 +558,10 @@ class Jobs:
         self._release_slot(actor)
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
+
+
+def _seconds_until(at: datetime) -> float:
+    return (at - _now()).total_seconds()
 
 
 def _due(record: LedgerRecord) -> float | None:

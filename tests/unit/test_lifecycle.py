@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -274,6 +274,15 @@ MOVES = st.lists(
             "history",
             "history_down",
             "start_timeout",
+            "due_poll",
+            "due_fetch",
+            "due_store",
+            "due_search",
+            "poll_running",
+            "poll_throttled",
+            "poll_finished",
+            "account_ours",
+            "account_unasked",
         ]
     ),
     max_size=40,
@@ -287,6 +296,17 @@ SMALL_BUDGET = lc.Policy(
     start_timeout=timedelta(seconds=60),
     history_lag=timedelta(seconds=30),
 )
+DUE: dict[str, lc.Step | Literal["search"]] = {
+    "due_poll": "poll",
+    "due_fetch": "fetch",
+    "due_store": "store",
+    "due_search": "search",
+}
+POLLED: dict[str, lc.Event] = {
+    "poll_running": lc.StepOk(),
+    "poll_throttled": lc.Throttled(2.0),
+    "poll_finished": lc.Finished(),
+}
 FAILING_STEPS: dict[str, lc.Step] = {
     "poll_failed": "poll",
     "fetch_failed": "fetch",
@@ -396,6 +416,14 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             apply(lc.News(request_id="req-1", ok=False, error=timeout))
         elif move in FAILING_STEPS:
             apply(lc.StepFailed(FAILING_STEPS[move], ERROR))
+        elif move in DUE:
+            apply(lc.Due(DUE[move]))
+        elif move in POLLED:
+            apply(POLLED[move])
+        elif move.startswith("account_") and record is not None:
+            # The provider, asked with our key, knows the request (or could not be asked).
+            ours = True if move == "account_ours" else None
+            apply(lc.AccountChecked(webhook(record, confirmed=False), ours))
         elif move == "clock_back":
             clock -= timedelta(seconds=400)
         elif move == "clock_ahead":
@@ -796,3 +824,59 @@ def test_a_webhook_is_only_a_signal_to_fetch_when_results_are_read_from_the_prov
     )
     assert lc.webhook_news(delivery, JOB, None).payload == OUTPUT
     assert lc.webhook_news(delivery, JOB, None, fetch_result=True).payload is None
+
+
+# --- waits and what the steps learn: decided here, performed by the actors -------------------
+
+
+def test_a_wait_that_ends_runs_its_step_only_in_a_phase_that_still_needs_it() -> None:
+    at_provider = submitted()
+    result_ready, _ = step(at_provider, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert result_ready is not None
+    expected: list[tuple[LedgerRecord, lc.Step | Literal["search"], lc.Effect | None]] = [
+        (at_provider, "poll", lc.Poll()),
+        (at_provider, "fetch", lc.FetchResult()),
+        (at_provider, "store", None),
+        (at_provider, "search", None),
+        (result_ready, "poll", None),  # a webhook's news arrived before the poll was due
+        (result_ready, "fetch", lc.FetchResult()),
+        (result_ready, "store", lc.StoreFiles()),
+        (reconciling(), "search", lc.Search()),
+        (reconciling(), "poll", None),
+    ]
+    for record, due, effect in expected:
+        decision = lc.decide(record, lc.Due(due), KEY, NOW)
+        assert decision.record is None, (record.phase, due)
+        assert decision.effects == ((effect,) if effect else ()), (record.phase, due)
+
+
+def test_a_poll_still_running_or_throttled_polls_again_and_a_finished_one_fetches() -> None:
+    at_provider = submitted()
+    assert step(at_provider, lc.StepOk())[1].effects == (lc.PollAgain(),)
+    throttled = step(at_provider, lc.Throttled(7.5))[1]
+    assert throttled.record is None  # back-pressure spends no budget
+    assert throttled.effects == (lc.PollAgain(at_least=7.5),)
+    assert step(at_provider, lc.Finished())[1].effects == (lc.FetchResult(),)
+    done, _ = step(at_provider, lc.News(request_id="req-1", ok=True, payload=OUTPUT))
+    assert done is not None
+    for answer in (lc.StepOk(), lc.Throttled(1.0), lc.Finished()):
+        assert step(done, answer)[1] == lc.NOTHING  # the key moved on meanwhile
+
+
+def test_a_webhooks_request_is_adopted_once_our_account_knows_it_and_asked_again_if_unsure() -> (
+    None
+):
+    record, _ = step(posting(), lc.Ambiguous(ERROR))
+    assert record is not None
+    news = webhook(record, confirmed=False)
+    asks = step(record, news)[1]
+    assert asks.effects == (lc.ConfirmAccount(news),)
+    adopted, _ = step(record, lc.AccountChecked(news, ours=True))
+    assert adopted is not None
+    assert adopted.phase is Phase.RESULT_READY
+    assert adopted.job == JOB
+    assert adopted.adopted
+    assert step(record, lc.AccountChecked(news, ours=False))[1] == lc.NOTHING
+    assert step(record, lc.AccountChecked(news, ours=None))[1].effects == (lc.AskAgain(news),)
+    # Once the key has moved on, an unanswered question is moot.
+    assert step(adopted, lc.AccountChecked(news, ours=None))[1] == lc.NOTHING
