@@ -98,6 +98,7 @@ class Completions:
 _PHASE_RANK = {
     "ACCEPTED": 0,  # waiting for a slot, never posted
     "SUBMITTING": 0,
+    "BACKING_OFF": 0,  # the last POST provably never arrived
     "UNKNOWN": 0,  # both mean "the POST may have happened"; a policy may re-post from here
     "SUBMITTED": 1,
     "RESULT_READY": 2,

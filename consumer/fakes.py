@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from genrelay.consumer.errors import MaybeSent, NotFound, ProviderError
-from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.consumer.errors import Fenced, MaybeSent, NotFound, ProviderError, RecordTooLarge
+from genrelay.consumer.ledger.partition_writer import MAX_RECORD_BYTES, Outgoing
 from genrelay.consumer.provider.provider import (
     CancelOutcome,
     JobResult,
@@ -37,12 +37,22 @@ from genrelay.schemas.ledger import LedgerRecord, ProviderJob
 
 @dataclass
 class MemoryLedger:
-    """The part of `Ledger` that `Jobs` uses: every write is committed at once, in order."""
+    """The part of `Ledger` that `Jobs` uses: every write is committed at once, in order.
+
+    Like the real one it refuses a record larger than the broker accepts (`RecordTooLarge`)
+    and every write for a partition this replica has lost (`Fenced`, after `lose`).
+    """
 
     states: dict[str, LedgerRecord] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
     # Each committed write: the state and what was written with it in one transaction.
     writes: list[tuple[LedgerRecord, tuple[Outgoing, ...]]] = field(default_factory=list)
+    max_record_bytes: int = MAX_RECORD_BYTES
+    lost: set[int] = field(default_factory=set)
+
+    def lose(self, partition: int) -> None:
+        """Another replica owns `partition` now: its writes are refused from here on."""
+        self.lost.add(partition)
 
     def get(self, key: str) -> LedgerRecord | None:
         return self.states.get(key)
@@ -59,6 +69,12 @@ class MemoryLedger:
         self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
     ) -> None:
         await asyncio.sleep(0)  # a commit is never synchronous
+        if partition in self.lost:
+            raise Fenced(partition, "owned by another replica")
+        key = record.idempotency_key
+        state = Outgoing("ledger", record.model_dump_json().encode(), key.encode(), partition)
+        if too_big := [r for r in (state, *also) if r.size() > self.max_record_bytes]:
+            raise RecordTooLarge(too_big[0].topic, too_big[0].size())
         self.states[record.idempotency_key] = record
         self.partitions[record.idempotency_key] = partition
         self.writes.append((record, also))

@@ -6,7 +6,8 @@ in as new events. Because every transition is here, crash and replay behaviour i
 a table of cases, and a property test can run any sequence of events through it.
 
     (none) --submit--> ACCEPTED --slot granted--> SUBMITTING --accepted--> SUBMITTED
-              cancel (never posted) --> CANCELLED        |  |  ^--not sent (retry, back-off)
+              cancel (never posted) --> CANCELLED        |  |  |--not sent--> BACKING_OFF
+                                                         |  |  '<--retry due--'
                                                          |  '--refused--> FAILED
                       ambiguous, or restored here --> UNKNOWN --webhook/history adopts--> SUBMITTED
                   history proves it never arrived: re-POST <--'  '--unresolved--> FAILED | resubmit
@@ -39,7 +40,9 @@ from genrelay.schemas.ledger import (
 from genrelay.schemas.webhooks import WebhookDelivery
 
 _EVENT_NAMESPACE = uuid.UUID("6f2b1a52-4c1e-4a8e-9d61-0c7e3b1f9a10")
-OPEN_PHASES = frozenset({Phase.ACCEPTED, Phase.SUBMITTING, Phase.SUBMITTED, Phase.UNKNOWN})
+OPEN_PHASES = frozenset(
+    {Phase.ACCEPTED, Phase.SUBMITTING, Phase.BACKING_OFF, Phase.SUBMITTED, Phase.UNKNOWN}
+)
 Status = Literal["succeeded", "failed", "cancelled", "expired"]
 # A request that reached the start deadline we sent: it never ran (provider.py says so too).
 START_TIMEOUT = "start_timeout"
@@ -589,10 +592,7 @@ def _deadline_exceeded(record: LedgerRecord, now: datetime) -> Decision:
 
 def _never_posted(record: LedgerRecord) -> bool:
     """Waiting for a slot, or backing off after a submit that provably never arrived."""
-    if record.phase is Phase.ACCEPTED:
-        return True
-    backing_off = record.retry_at is not None and record.last_error is not None
-    return record.phase is Phase.SUBMITTING and backing_off
+    return record.phase in (Phase.ACCEPTED, Phase.BACKING_OFF)
 
 
 def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Policy) -> Decision:
@@ -619,11 +619,11 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _unknown(record, now, policy, last_error=error)
         case Refused(error=error) if record.phase is Phase.SUBMITTING:
             return _finish(record, Phase.FAILED, "failed", error, now)
-        case RetryDue() if record.phase is Phase.SUBMITTING and record.retry_at is not None:
+        case RetryDue() if record.phase is Phase.BACKING_OFF:
             if _past_deadline(record, now):
                 return _deadline_exceeded(record, now)  # the last attempt never arrived
-            # Clearing retry_at first marks this attempt as under way: after a crash from
-            # here on, the POST may have happened and the key goes UNKNOWN, not re-posted.
+            # SUBMITTING again marks this attempt as under way: after a crash from here on,
+            # the POST may have happened and the key goes UNKNOWN, not re-posted.
             return _post(record, now, policy, retry_at=None)
         case Restored():
             return _restored(record, now, policy)
@@ -761,9 +761,8 @@ def _not_sent(
         return _finish(record, Phase.FAILED, "failed", error, now)
     at = now + timedelta(seconds=delay)
     # The attempt is counted now, before the retry's POST, so a crash cannot reset the budget.
-    return _change(record, now, attempts=record.attempts + 1, last_error=error, retry_at=at).then(
-        PostLater(at)
-    )
+    waiting = {"phase": Phase.BACKING_OFF, "attempts": record.attempts + 1, "retry_at": at}
+    return _change(record, now, last_error=error, **waiting).then(PostLater(at))
 
 
 def _post(record: LedgerRecord, now: datetime, policy: Policy, **changes: Any) -> Decision:
@@ -786,9 +785,9 @@ def _restored(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
     match record.phase:
         case Phase.ACCEPTED:
             return Decision(None, (AcquireSlot(_deadline(record)),))
-        case Phase.SUBMITTING if record.retry_at is not None and record.last_error is not None:
+        case Phase.BACKING_OFF:
             # The last attempt provably never reached the provider; its retry is still due.
-            return Decision(None, (PostLater(record.retry_at),))
+            return Decision(None, (PostLater(record.retry_at or now),))
         case Phase.SUBMITTING:
             # The POST may have happened before the crash: never re-post blindly.
             return _unknown(record, now, policy)

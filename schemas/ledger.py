@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.requests import OutputTarget
@@ -21,6 +21,7 @@ class Phase(StrEnum):
 
     ACCEPTED = "ACCEPTED"  # recorded, waiting for an in-flight slot: never posted
     SUBMITTING = "SUBMITTING"  # intent recorded; the POST may or may not have happened
+    BACKING_OFF = "BACKING_OFF"  # the last POST provably never arrived; the next is at retry_at
     SUBMITTED = "SUBMITTED"  # the provider accepted it and we hold its request_id
     UNKNOWN = "UNKNOWN"  # the POST's outcome is ambiguous; reconcile, never re-post blindly
     RESULT_READY = "RESULT_READY"  # the provider finished; its output is recorded here
@@ -121,6 +122,13 @@ class LedgerRecord(BaseModel):
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
+
+    @model_validator(mode="after")
+    def _backing_off_was_a_flag(self) -> LedgerRecord:
+        # Records written before BACKING_OFF was a phase said it with SUBMITTING + retry_at.
+        if self.phase is Phase.SUBMITTING and self.retry_at is not None:
+            return self.model_copy(update={"phase": Phase.BACKING_OFF})
+        return self
 
     @property
     def terminal(self) -> bool:

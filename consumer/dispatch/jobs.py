@@ -158,7 +158,7 @@ class Jobs:
             record = self._ledger.get(key)
             if record is None or (record.terminal and record.published):
                 continue
-            waiting = (Phase.ACCEPTED, Phase.SUBMITTING, Phase.UNKNOWN)
+            waiting = (Phase.ACCEPTED, Phase.SUBMITTING, Phase.BACKING_OFF, Phase.UNKNOWN)
             if record.phase not in waiting or record.job is not None:
                 # Already at the provider: it counts against the limits without waiting.
                 self._force_slot(self._actor(key, partition), record)

@@ -47,6 +47,9 @@ _TRANSACTION_TIMEOUT_MS = 60_000
 _FATAL = (ProducerFenced, OutOfOrderSequenceNumber, TransactionalIdAuthorizationFailed)
 # Record and batch headers: a record needs this much room beyond its key, value and headers.
 _RECORD_OVERHEAD = 128
+# The producer's default `max.request.size`, which a record (with its overhead) must fit.
+MAX_REQUEST_SIZE = 1024 * 1024
+MAX_RECORD_BYTES = MAX_REQUEST_SIZE - _RECORD_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class PartitionWriter:
         offsets: Callable[[], dict[TopicPartition, int]],
         on_lost: Callable[[int, BaseException], None],
         tick_seconds: float = 0.02,
-        max_request_size: int = 1024 * 1024,
+        max_request_size: int = MAX_REQUEST_SIZE,
     ) -> None:
         self.partition = partition
         self._group_id = group_id

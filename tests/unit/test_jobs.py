@@ -133,7 +133,7 @@ async def test_a_cancel_during_a_not_sent_back_off_ends_the_key_without_a_post()
     async with world(retry_base=30, retry_max=30) as w:
         w.provider.submit_answers.append(raising(NotSent("429", retry_after=30.0)))
         w.submit("storm")
-        await eventually(lambda: "SUBMITTING" in w.ledger.phases("storm")[1:], timeout=30)
+        await eventually(lambda: "BACKING_OFF" in w.ledger.phases("storm"), timeout=30)
         w.jobs.deliver("storm", 0, lc.CancelCommand())
         await eventually(lambda: w.events("storm") == ["cancelled"], timeout=30)
     assert w.provider.submits == []

@@ -179,12 +179,26 @@ def test_unknown_nobody_adopted_fails_unless_resubmission_is_the_policy() -> Non
 def test_not_sent_is_retried_later_and_counts_the_attempt() -> None:
     record, decision = step(posting(), lc.NotSent(ERROR, retry_after=2.0))
     assert record is not None
+    assert record.phase is Phase.BACKING_OFF
     assert record.attempts == 2
     assert decision.effects == (lc.PostLater(NOW + timedelta(seconds=2)),)
+    assert step(record, lc.Restored())[1].effects == decision.effects
     record, decision = step(record, lc.RetryDue())
     assert record is not None
+    assert record.phase is Phase.SUBMITTING
     assert record.retry_at is None
     assert decision.effects == (lc.Post(),)
+
+
+def test_a_back_off_recorded_as_submitting_with_a_retry_time_reads_as_backing_off() -> None:
+    # How ledger records written before BACKING_OFF was a phase said it.
+    backing_off, _ = step(posting(), lc.NotSent(ERROR, retry_after=2.0))
+    assert backing_off is not None
+    older = backing_off.model_dump(mode="json") | {"phase": "SUBMITTING"}
+    assert LedgerRecord.model_validate(older).phase is Phase.BACKING_OFF
+    assert LedgerRecord.model_validate_json(json.dumps(older)).phase is Phase.BACKING_OFF
+    under_way = posting().model_dump(mode="json")
+    assert LedgerRecord.model_validate(under_way).phase is Phase.SUBMITTING
 
 
 def test_crash_during_a_retried_post_never_reposts() -> None:
