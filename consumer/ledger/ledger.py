@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,8 +33,10 @@ _TERMINAL = frozenset(phase.value for phase in TERMINAL_PHASES)
 # a restore sorts records without parsing their values (which user data makes large).
 FINISHED_HEADER = "genrelay-finished"
 UPDATED_HEADER = "genrelay-updated"
-# Records applied to the store per batch while reading the topic.
+# Records fetched per batch while reading the topic (the group's heartbeats share the loop),
+# and finished states gathered before they go to the store in one transaction.
 _BATCH = 2_000
+_STORE_BATCH = 20_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class _Reading:
     deleted: set[str] = field(default_factory=set)
 
     def apply(
-        self, key: str, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()
+        self, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         if value is None:
             self.open_values.pop(key, None)
@@ -75,15 +77,21 @@ class _Reading:
             self.deleted.discard(key)
             self.open_values[key] = value
 
-    def flush(self) -> None:
+    def flush(self, *, unless_below: int = 0) -> None:
+        if len(self.finished) + len(self.deleted) < unless_below:
+            return
         self.store.delete_many(self.deleted)
         self.store.put_many(self.finished.values())
         self.deleted.clear()
         self.finished.clear()
 
 
-def _classify(value: bytes, headers: tuple[tuple[str, bytes], ...]) -> tuple[bool, float]:
+def _classify(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[bool, float]:
     """Whether a state is finished, and when it changed: from its headers when it has them."""
+    if len(headers) == 2:
+        (first, done), (second, updated) = headers
+        if first == FINISHED_HEADER and second == UPDATED_HEADER:  # as `state_headers` puts them
+            return done == b"1", float(updated)
     found = dict(headers)
     if FINISHED_HEADER in found and UPDATED_HEADER in found:
         return found[FINISHED_HEADER] == b"1", float(found[UPDATED_HEADER])
@@ -254,6 +262,7 @@ class Ledger:
         keys = 0
         for tp, reading in readings.items():
             reading.flush()
+            reading.store.settle()
             for key, value in reading.open_values.items():
                 self._open[key] = LedgerRecord.model_validate_json(value)
                 self._partition_of[key] = tp.partition
@@ -293,8 +302,8 @@ class Ledger:
                     if message.key is None or message.offset >= reading.end:
                         continue
                     read += 1
-                    reading.apply(message.key.decode(), message.value, tuple(message.headers))
-                reading.flush()
+                    reading.apply(message.key.decode(), message.value, message.headers)
+                reading.flush(unless_below=_STORE_BATCH)
             for tp in list(remaining):
                 if await consumer.position(tp) >= readings[tp].end:
                     remaining.discard(tp)

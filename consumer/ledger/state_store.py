@@ -12,6 +12,10 @@ Streams keeps a local store per task with a checkpoint of the changelog offset i
 
 SQLite from the standard library: point lookups and batched upserts of a few microseconds,
 one file per partition, nothing to install or run.
+
+A rebuild writes a fresh file with no journal and no secondary index (about twice as fast),
+then builds the index and turns the write-ahead log on (`settle`). A crash in between leaves
+a file without a checkpoint, which is thrown away like any store without one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# The files SQLite keeps beside a store in write-ahead-log mode.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
 # A checkpoint older than this is not trusted: compaction may since have removed tombstones
 # (after the topic's delete.retention.ms, a day by default) that the store would miss.
 CHECKPOINT_MAX_AGE_SECONDS = 12 * 3600
@@ -33,7 +39,6 @@ CREATE TABLE IF NOT EXISTS keys (
     finished INTEGER NOT NULL,
     value BLOB NOT NULL      -- the ledger record as written to the topic
 );
-CREATE INDEX IF NOT EXISTS keys_by_updated ON keys (finished, updated);
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     topic TEXT NOT NULL,
@@ -42,6 +47,8 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     written REAL NOT NULL
 );
 """
+# Built after a rebuild's rows are in: one sort instead of a B-tree insert per row.
+_INDEX = "CREATE INDEX IF NOT EXISTS keys_by_updated ON keys (finished, updated)"
 
 
 @dataclass(frozen=True)
@@ -68,30 +75,60 @@ class PartitionStore:
         self._topic = topic
         self._partition = partition
         self._db: sqlite3.Connection | None = None
+        self._rebuilding = False
 
     def open(self) -> Checkpoint | None:
         """Open the store and take its checkpoint (which is removed: the store is now live).
 
-        None means there is nothing to trust: the store was emptied, rebuild from the topic.
+        None means there is nothing to trust: the store is now empty and being rebuilt from
+        the topic (`settle` it once the rebuild is done).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # The topic is the truth: a store lost with the machine is rebuilt, so no fsync waits.
-        # Large pages: a row carries a whole ledger state (a few KB).
-        db.execute("PRAGMA page_size=16384")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        self._db = db
-        row = db.execute(
-            "SELECT topic, partition, next_offset, written FROM checkpoint WHERE id = 1"
-        ).fetchone()
-        db.execute("DELETE FROM checkpoint")
+        try:
+            self._db = self._connect(rebuilding=False)
+            self.db.executescript(_SCHEMA + _INDEX)
+            row = self.db.execute(
+                "SELECT topic, partition, next_offset, written FROM checkpoint WHERE id = 1"
+            ).fetchone()
+            self.db.execute("DELETE FROM checkpoint")
+        except sqlite3.DatabaseError:
+            row = None  # a file a crash left half-written: rebuilt like any store
         fresh = row is not None and time.time() - row[3] < CHECKPOINT_MAX_AGE_SECONDS
         if fresh and row[0] == self._topic and row[1] == self._partition:
             return Checkpoint(int(row[2]), float(row[3]))
-        db.execute("DELETE FROM keys")
+        self.clear()
         return None
+
+    def clear(self) -> None:
+        """Empty the store for a rebuild: a fresh file, written without a journal."""
+        self.close()
+        for stale in (self.path, *(self.path.with_name(self.path.name + x) for x in _SIDE_FILES)):
+            stale.unlink(missing_ok=True)
+        self._db = self._connect(rebuilding=True)
+        self.db.executescript(_SCHEMA)
+        self._rebuilding = True
+
+    def settle(self) -> None:
+        """After a rebuild: build the index and write through the write-ahead log again."""
+        if self._rebuilding:
+            self.db.execute(_INDEX)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._rebuilding = False
+
+    def _connect(self, *, rebuilding: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            # Large pages: a row carries a whole ledger state (a few KB).
+            db.execute("PRAGMA page_size=16384")
+            # The topic is the truth: a store lost with the machine is rebuilt, so no fsync
+            # waits; while rebuilding, nothing can be lost that the topic does not hold.
+            db.execute(f"PRAGMA journal_mode={'OFF' if rebuilding else 'WAL'}")
+            db.execute(f"PRAGMA synchronous={'OFF' if rebuilding else 'NORMAL'}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -126,11 +163,6 @@ class PartitionStore:
             "SELECT key FROM keys WHERE finished = 1 AND updated < ? LIMIT ?", (updated, limit)
         )
         return [key for (key,) in rows]
-
-    def clear(self) -> None:
-        with self._transaction():
-            self.db.execute("DELETE FROM keys")
-            self.db.execute("DELETE FROM checkpoint")
 
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM keys").fetchone()[0])

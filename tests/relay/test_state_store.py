@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from genrelay.consumer.ledger.state_store import PartitionStore
+from genrelay.consumer.ledger.state_store import PartitionStore, StoredState
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from tests.relay.harness import (
@@ -76,3 +76,34 @@ async def test_a_store_opened_after_a_crash_holds_no_checkpoint(tmp_path: Path) 
     other = PartitionStore(tmp_path / "p.sqlite", "another.ledger", 0)
     assert other.open() is None
     other.close()
+
+
+def test_a_rebuilt_store_is_indexed_and_journalled_once_settled(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p.sqlite", "t.ledger", 0)
+    assert store.open() is None  # nothing to trust: rebuilt without a journal or an index
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "off"
+    store.put_many([StoredState("k", 1.0, True, b"{}")])
+    store.settle()
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    indexes = store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    assert ("keys_by_updated",) in indexes
+    assert store.finished_before(2.0) == ["k"]
+    store.close()
+
+
+def test_a_store_a_crash_left_half_written_is_thrown_away_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    store = PartitionStore(path, "t.ledger", 0)
+    store.open()
+    store.put_many([StoredState(f"k{n}", 1.0, True, b"x" * 4000) for n in range(100)])
+    store.close()  # killed mid-rebuild: never settled, no checkpoint
+    with path.open("r+b") as garbled:
+        garbled.seek(0)
+        garbled.write(b"\xff" * 4096)  # and its pages were left torn
+    again = PartitionStore(path, "t.ledger", 0)
+    assert again.open() is None
+    assert again.count() == 0
+    again.put_many([StoredState("fresh", 1.0, True, b"{}")])
+    again.settle()
+    assert again.get("fresh") == b"{}"
+    again.close()
