@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -128,7 +128,6 @@ class Jobs:
         self._poll_pacer = Pacer(timing.poll_rate)
         self._on_crash = on_crash
         self._actors: dict[str, _Actor] = {}
-        self._tenants: Counter[str] = Counter()
         self._released: set[int] = set()  # partitions given up, until assigned again
 
     # --- intake ---------------------------------------------------------------------------
@@ -198,9 +197,6 @@ class Jobs:
             phase = record.phase.value if record else "WAITING"
             counts[phase] = counts.get(phase, 0) + 1
         return counts
-
-    def by_tenant(self) -> dict[str, int]:
-        return {tenant: n for tenant, n in self._tenants.items() if n}
 
     # --- the actor loop -------------------------------------------------------------------
 
@@ -531,10 +527,7 @@ class Jobs:
             self._note_slot(actor, record)
 
     def _note_slot(self, actor: _Actor, record: LedgerRecord) -> None:
-        tenant = _tenant(record)
-        actor.slot = (record.endpoint, tenant)
-        if tenant:
-            self._tenants[tenant] += 1
+        actor.slot = (record.endpoint, _tenant(record))
 
     def _release_slot(self, actor: _Actor) -> None:
         if actor.slot is None:
@@ -542,8 +535,6 @@ class Jobs:
         endpoint, tenant = actor.slot
         actor.slot = None
         self._slots.release(endpoint, tenant)
-        if tenant:
-            self._tenants[tenant] -= 1
 
     def _maybe_forget(self, actor: _Actor) -> None:
         # Finished keys keep only their ledger record; the actor object is dropped.

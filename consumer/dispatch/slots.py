@@ -1,29 +1,41 @@
-"""In-flight limits with priority: `normal` work is admitted ahead of `low` when slots are scarce.
+"""In-flight limits with priority and fair shares between tenants.
 
-A slot is held from a key's first submit until its outcome, globally, per endpoint and per
-tenant, so a bulk run can fill the provider's queue only as far as the limits allow and
-interactive traffic overtakes it whenever a slot frees up. A waiter blocked only by its
-endpoint's or its tenant's limit is skipped over: one saturated endpoint or tenant never holds
-back the others.
+A slot is held from a key's submit until its outcome, globally, per endpoint and per tenant,
+so a bulk run can fill the provider's queue only as far as the limits allow. When a slot
+frees up it goes, in this order:
+
+1. to the best priority that has work waiting (`normal` ahead of `low`);
+2. within it, to the tenant using least of its share: the fewest slots held per unit of
+   weight (weights from settings, 1 by default). A tenant with nothing waiting is not a
+   candidate, so its share is lent to the others until it has work again. Under saturation
+   the slots held (and so the completions) follow the weights, and a tenant that starts
+   sending behind another's flood gets the next free slot, not a place behind the flood;
+3. within the tenant, to the earliest deadline, then the earliest arrival.
+
+A waiter blocked only by its endpoint's or its tenant's own limit is passed over: one
+saturated endpoint or tenant never holds back the others. Work without a tenant is one more
+tenant (named "") for sharing. The choice is deterministic: the same arrivals and releases
+always grant the same slots.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
+import bisect
 import itertools
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from genrelay.consumer.provider.provider import Priority
 
 _RANK = {Priority.NORMAL: 0, Priority.LOW: 1}
+_NO_TENANT = ""
 
 
 @dataclass(order=True)
 class _Waiter:
-    rank: int
     due: float  # the request's deadline (epoch seconds; none: infinity): earlier goes first
     seq: int
     endpoint: str = field(compare=False)
@@ -32,16 +44,25 @@ class _Waiter:
 
 
 class Slots:
-    """Counting limits (global, per endpoint, per tenant) with a priority queue of waiters."""
+    """Counting limits (global, per endpoint, per tenant) with fair queues of waiters."""
 
-    def __init__(self, total: int, per_endpoint: int, per_tenant: int | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        per_endpoint: int,
+        per_tenant: int | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         self.total = total
         self.per_endpoint = per_endpoint
         self.per_tenant = per_tenant
+        self._weights = dict(weights or {})
         self._used = 0
         self._by_endpoint: Counter[str] = Counter()
-        self._by_tenant: Counter[str] = Counter()
-        self._waiters: list[_Waiter] = []
+        self._by_tenant: Counter[str] = Counter()  # slots held, "" for work without a tenant
+        # Waiters by priority rank, then tenant; each queue sorted by (deadline, arrival).
+        self._queues: dict[int, dict[str, list[_Waiter]]] = {}
+        self._waiting: Counter[str] = Counter()
         self._seq = itertools.count()
 
     @property
@@ -50,7 +71,7 @@ class Slots:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.future.done())
+        return sum(self._waiting.values())
 
     def in_use(self, endpoint: str) -> int:
         return self._by_endpoint[endpoint]
@@ -58,9 +79,26 @@ class Slots:
     def by_endpoint(self) -> dict[str, int]:
         return dict(self._by_endpoint)
 
+    def by_tenant(self) -> dict[str, int]:
+        """Slots held per tenant ("" for work without one)."""
+        return dict(self._by_tenant)
+
+    def waiting_by_tenant(self) -> dict[str, int]:
+        return dict(self._waiting)
+
+    def shares(self) -> dict[str, float]:
+        """Each tenant's share of the slots now: its weight over the weights of the tenants
+        holding or waiting for slots (those with neither lend theirs)."""
+        active = set(self._by_tenant) | set(self._waiting)
+        total = sum(self.weight(t) for t in active)
+        return {t: self.weight(t) / total for t in active} if total else {}
+
+    def weight(self, tenant: str) -> float:
+        return self._weights.get(tenant, 1.0)
+
     def available(self, endpoint: str, tenant: str | None = None) -> bool:
         """Whether `acquire` would grant a slot at once."""
-        return not self._waiters and self._free(endpoint, tenant)
+        return not self._waiting and self._free(endpoint, tenant)
 
     def try_acquire(self, endpoint: str, tenant: str | None = None) -> bool:
         """Take a slot if one is free without waiting (nobody is queued ahead)."""
@@ -76,20 +114,22 @@ class Slots:
         tenant: str | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Wait for a slot; normal-priority waiters are served before low-priority ones, and
-        within a priority, earlier deadlines first, then in arrival order."""
-        if not self._waiters and self._free(endpoint, tenant):
-            self._take(endpoint, tenant)
+        """Wait for a slot (see the module's rules for who is served first)."""
+        if self.try_acquire(endpoint, tenant):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         due = math.inf if deadline is None else deadline
-        waiter = _Waiter(_RANK[priority], due, next(self._seq), endpoint, tenant, future)
-        heapq.heappush(self._waiters, waiter)
+        waiter = _Waiter(due, next(self._seq), endpoint, tenant, future)
+        name = tenant or _NO_TENANT
+        bisect.insort(self._queues.setdefault(_RANK[priority], {}).setdefault(name, []), waiter)
+        self._waiting[name] += 1
         self._wake()
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            if future.cancelled():
+                _decrement(self._waiting, name)  # left the queue; swept out when reached
+            else:
                 self.release(endpoint, tenant)  # granted while being cancelled: hand it back
             raise
 
@@ -101,8 +141,7 @@ class Slots:
     def release(self, endpoint: str, tenant: str | None = None) -> None:
         self._used -= 1
         _decrement(self._by_endpoint, endpoint)
-        if tenant is not None:
-            _decrement(self._by_tenant, tenant)
+        _decrement(self._by_tenant, tenant or _NO_TENANT)
         self._wake()
 
     def _free(self, endpoint: str, tenant: str | None) -> bool:
@@ -110,31 +149,58 @@ class Slots:
 
     def _blocked(self, endpoint: str, tenant: str | None) -> bool:
         """Whether the endpoint's or the tenant's own limit holds this work back."""
-        if self._by_endpoint[endpoint] >= self.per_endpoint:
-            return True
+        return self._by_endpoint[endpoint] >= self.per_endpoint or self._tenant_full(tenant)
+
+    def _tenant_full(self, tenant: str | None) -> bool:
         limit = self.per_tenant
         return tenant is not None and limit is not None and self._by_tenant[tenant] >= limit
 
     def _take(self, endpoint: str, tenant: str | None) -> None:
         self._used += 1
         self._by_endpoint[endpoint] += 1
-        if tenant is not None:
-            self._by_tenant[tenant] += 1
+        self._by_tenant[tenant or _NO_TENANT] += 1
 
     def _wake(self) -> None:
-        # Serve waiters in priority order, skipping those blocked by their own limits.
-        blocked: list[_Waiter] = []
-        while self._waiters and self._used < self.total:
-            waiter = heapq.heappop(self._waiters)
-            if waiter.future.done():
-                continue
-            if self._blocked(waiter.endpoint, waiter.tenant):
-                blocked.append(waiter)
-                continue
+        while self._used < self.total and (waiter := self._next()) is not None:
+            _decrement(self._waiting, waiter.tenant or _NO_TENANT)
             self._take(waiter.endpoint, waiter.tenant)
             waiter.future.set_result(None)
-        for waiter in blocked:
-            heapq.heappush(self._waiters, waiter)
+
+    def _next(self) -> _Waiter | None:
+        """Take the waiter the next free slot goes to off its queue, if any may have it."""
+        for rank in sorted(self._queues):
+            tenants = self._queues[rank]
+            for name in sorted(tenants, key=lambda t: self._turn(t, tenants[t])):
+                waiter = self._first_eligible(tenants[name])
+                if not tenants[name]:
+                    del tenants[name]
+                if waiter is not None:
+                    return waiter
+            if not tenants:
+                del self._queues[rank]
+        return None
+
+    def _turn(self, tenant: str, queue: list[_Waiter]) -> tuple[float, float, int]:
+        # Least served for its weight first; between equals, the earlier deadline, arrival.
+        head = queue[0]
+        return self._by_tenant[tenant] / self.weight(tenant), head.due, head.seq
+
+    def _first_eligible(self, queue: list[_Waiter]) -> _Waiter | None:
+        """Remove and return the first waiter of `queue` its own limits let through (sweeping
+        out the ones that gave up)."""
+        index = 0
+        while index < len(queue):
+            waiter = queue[index]
+            if waiter.future.done():
+                del queue[index]
+                continue
+            if self._tenant_full(waiter.tenant):
+                return None  # the whole queue is this tenant's
+            if not self._blocked(waiter.endpoint, waiter.tenant):
+                del queue[index]
+                return waiter
+            index += 1
+        return None
 
 
 def _decrement(counts: Counter[str], name: str) -> None:

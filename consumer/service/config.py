@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     max_in_flight_per_tenant: int | None = Field(
         None, ge=1, description="the same, per tenant (a request's `tenant`); unset: no limit"
     )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description='each tenant\'s weight in sharing the slots (JSON, `{"tenant": 3}`);'
+        " others weigh 1",
+    )
     max_buffered_records: int = Field(5000, ge=1, description="records waiting for a slot")
     max_buffered_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="record bytes read but not yet durable"
@@ -244,6 +249,13 @@ class Settings(BaseSettings):
         if token and len(token) < 32:
             raise ValueError("GENRELAY_ADMIN_TOKEN must be at least 32 characters")
         return self
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if bad := sorted(tenant for tenant, weight in value.items() if not weight > 0):
+            raise ValueError(f"tenant weights must be above 0 (GENRELAY_TENANT_WEIGHTS): {bad}")
+        return value
 
     @field_validator("fal_queue_url")
     @classmethod

@@ -10,6 +10,7 @@ Series, as Prometheus sees them (all `genrelay_`):
 
     jobs{phase}                         in_flight, in_flight_per_endpoint{endpoint},
     outcomes_total{status,endpoint}       in_flight_per_tenant{tenant}
+    waiting_per_tenant{tenant}          share_per_tenant{tenant}
     submissions_total{endpoint}         submit_retries_total{endpoint}
     ambiguous_submits_total{endpoint}   duplicates_suppressed_total, replays_total
     resolutions_total{source}           dead_letters_total{reason}
@@ -79,11 +80,13 @@ class GaugeSources:
     in_flight: Callable[[], int] | None = None
     in_flight_by_endpoint: Callable[[], Mapping[str, int]] | None = None
     in_flight_by_tenant: Callable[[], Mapping[str, int]] | None = None
+    waiting_by_tenant: Callable[[], Mapping[str, int]] | None = None
+    share_by_tenant: Callable[[], Mapping[str, float]] | None = None
     uncommitted_offsets: Callable[[], Mapping[TopicPartitionKey, int]] | None = None
     oldest_in_flight_age: Callable[[], Mapping[TopicPartitionKey, float]] | None = None
 
 
-def _by(label: str, read: Callable[[], Mapping[str, int]]) -> _Callback:
+def _by(label: str, read: Callable[[], Mapping[str, float]]) -> _Callback:
     def observe(options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(value, {label: name}) for name, value in read().items()]
 
@@ -271,6 +274,13 @@ class RelayMetrics:
         if sources.in_flight_by_tenant is not None:
             read = _by("tenant", sources.in_flight_by_tenant)
             gauge("genrelay.in_flight_per_tenant", "jobs holding a slot, by tenant", read)
+        if sources.waiting_by_tenant is not None:
+            read = _by("tenant", sources.waiting_by_tenant)
+            gauge("genrelay.waiting_per_tenant", "keys waiting for a slot, by tenant", read)
+        if sources.share_by_tenant is not None:
+            read = _by("tenant", sources.share_by_tenant)
+            help_ = "each active tenant's share of the slots (its weight over the active ones')"
+            gauge("genrelay.share_per_tenant", help_, read)
         if sources.uncommitted_offsets is not None:
             read = _per_partition(sources.uncommitted_offsets)
             help_ = "offsets between the commit point and the newest record taken"

@@ -56,7 +56,7 @@ from genrelay.consumer.service.health import Readiness, address_of
 from genrelay.consumer.service.listeners import Listener, admin_app
 from genrelay.consumer.service.metrics import GaugeSources, RelayMetrics, Resolution
 from genrelay.consumer.service.openapi import openapi_route
-from genrelay.consumer.service.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.service.status_page import StatusSnapshot, TenantShare, status_routes
 from genrelay.consumer.service.telemetry import setup_tracing
 from genrelay.consumer.service.topics import ensure_topics
 from genrelay.consumer.steps import Observers, Steps, to_job
@@ -149,6 +149,7 @@ class Relay:
             settings.max_in_flight,
             settings.max_in_flight_per_endpoint,
             settings.max_in_flight_per_tenant,
+            settings.tenant_weights,
         )
         self._download_http = pooled_client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._downloader = Downloader(self._download_http, policy=self._download_policy())
@@ -256,7 +257,9 @@ class Relay:
             jobs_by_phase=lambda: self.jobs.phases(),
             in_flight=lambda: self.slots.used,
             in_flight_by_endpoint=lambda: self.slots.by_endpoint(),
-            in_flight_by_tenant=lambda: self.jobs.by_tenant(),
+            in_flight_by_tenant=lambda: self.slots.by_tenant(),
+            waiting_by_tenant=lambda: self.slots.waiting_by_tenant(),
+            share_by_tenant=lambda: self.slots.shares(),
             uncommitted_offsets=lambda: {
                 (tp.topic, tp.partition): t.span for tp, t in self._offsets.items()
             },
@@ -273,11 +276,19 @@ class Relay:
             in_flight=self.slots.used,
             by_phase=self.jobs.phases(),
             by_endpoint=self.slots.by_endpoint(),
+            by_tenant=self._tenant_shares(),
             rates=self.recent.rates(),
             completions=self.recent.completions(),
             failures=self.recent.failures(),
             instance=self.settings.instance_id or "",
         )
+
+    def _tenant_shares(self) -> dict[str, TenantShare]:
+        held, waiting = self.slots.by_tenant(), self.slots.waiting_by_tenant()
+        return {
+            tenant: TenantShare(held.get(tenant, 0), waiting.get(tenant, 0), share)
+            for tenant, share in self.slots.shares().items()
+        }
 
     def _download_policy(self) -> DownloadPolicy:
         s = self.settings

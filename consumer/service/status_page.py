@@ -24,6 +24,15 @@ STATUS_JSON_PATH = "/status.json"
 
 
 @dataclass(frozen=True)
+class TenantShare:
+    """A tenant's use of the slots ("" names work without a tenant)."""
+
+    in_flight: int
+    waiting: int
+    share: float  # of the slots, among the tenants holding or waiting for some
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """One replica's state at one moment."""
 
@@ -35,6 +44,7 @@ class StatusSnapshot:
     rates: Mapping[str, float]  # events per second over the last minute, by name
     completions: tuple[Outcome, ...]
     failures: tuple[Outcome, ...]
+    by_tenant: Mapping[str, TenantShare] = field(default_factory=dict)
     instance: str = ""
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -46,6 +56,7 @@ class StatusSnapshot:
             "in_flight": self.in_flight,
             "by_phase": dict(self.by_phase),
             "by_endpoint": dict(self.by_endpoint),
+            "by_tenant": {name: asdict(share) for name, share in self.by_tenant.items()},
             "rates": dict(self.rates),
             "completions": [_outcome(o) for o in self.completions],
             "failures": [_outcome(o) for o in self.failures],

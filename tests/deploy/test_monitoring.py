@@ -28,6 +28,8 @@ def exported() -> set[str]:
             in_flight=lambda: 1,
             in_flight_by_endpoint=lambda: {"fal-ai/flux/schnell": 1},
             in_flight_by_tenant=lambda: {"ops": 1},
+            waiting_by_tenant=lambda: {"ops": 1},
+            share_by_tenant=lambda: {"ops": 1.0},
             uncommitted_offsets=lambda: partition,
             oldest_in_flight_age=lambda: {("genrelay.requests", 0): 1.0},
         )

@@ -32,6 +32,8 @@ class LiveState:
             in_flight=lambda: self.in_flight,
             in_flight_by_endpoint=lambda: self.by_endpoint,
             in_flight_by_tenant=lambda: self.by_tenant,
+            waiting_by_tenant=lambda: {"bulk": 4_997},
+            share_by_tenant=lambda: {"shop": 0.75, "bulk": 0.25},
             uncommitted_offsets=lambda: self.spans,
             oldest_in_flight_age=lambda: self.ages,
         )
@@ -111,6 +113,8 @@ async def test_gauges_read_the_live_state_at_each_scrape(
     assert value(series, "genrelay_in_flight") == 8
     assert value(series, "genrelay_in_flight_per_endpoint", endpoint="fal-ai/veo3") == 2
     assert value(series, "genrelay_in_flight_per_tenant", tenant="bulk") == 3
+    assert value(series, "genrelay_waiting_per_tenant", tenant="bulk") == 4_997
+    assert value(series, "genrelay_share_per_tenant", tenant="shop") == 0.75
     requests_0 = {"topic": "genrelay.requests", "partition": "0"}
     assert value(series, "genrelay_uncommitted_offsets", **requests_0) == 12
     assert value(series, "genrelay_oldest_in_flight_age_seconds", **requests_0) == 95.5

@@ -17,7 +17,7 @@ from PIL import Image
 from starlette.applications import Starlette
 
 from genrelay.consumer.events.recent_outcomes import Outcome
-from genrelay.consumer.service.status_page import StatusSnapshot, status_routes
+from genrelay.consumer.service.status_page import StatusSnapshot, TenantShare, status_routes
 
 FINISHED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 SNAPSHOT = StatusSnapshot(
@@ -26,6 +26,7 @@ SNAPSHOT = StatusSnapshot(
     in_flight=17,
     by_phase={"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
     by_endpoint={"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
+    by_tenant={"shop": TenantShare(3, 0, 0.75), "": TenantShare(14, 120, 0.25)},
     rates={"succeeded": 2.5, "failed": 0.05},
     completions=(Outcome("order-42/hero", "succeeded", "fal-ai/flux/schnell", FINISHED, 12_400),),
     # A key is whatever a producer sent: the page must show it, never interpret it.
@@ -58,6 +59,10 @@ async def test_status_json_reflects_the_snapshot() -> None:
         "in_flight": 17,
         "by_phase": {"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
         "by_endpoint": {"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
+        "by_tenant": {
+            "shop": {"in_flight": 3, "waiting": 0, "share": 0.75},
+            "": {"in_flight": 14, "waiting": 120, "share": 0.25},
+        },
         "rates": {"succeeded": 2.5, "failed": 0.05},
         "completions": [
             {
@@ -175,6 +180,8 @@ async def test_a_browser_renders_the_snapshot(server: str, tmp_path: Path) -> No
     assert re.search(r"<td>SUBMITTED</td><td[^>]*>11</td>", dom)
     assert re.search(r"<td>fal-ai/flux/schnell</td><td[^>]*>13</td>", dom)
     assert re.search(r"<td>succeeded</td><td[^>]*>2.50</td>", dom)
+    assert re.search(r"<td>shop</td><td[^>]*>3</td><td[^>]*>0</td><td[^>]*>75 %</td>", dom)
+    assert re.search(r"<td>\(none\)</td><td[^>]*>14</td><td[^>]*>120</td>", dom)
     assert "order-42/hero" in dom
     assert "12.4 s" in dom
     assert "order-43/&lt;b&gt;x&lt;/b&gt;" in dom

@@ -1,13 +1,16 @@
-"""In-flight slots: bounded globally and per endpoint, normal work ahead of low."""
+"""In-flight slots: bounded globally, per endpoint and per tenant, normal work ahead of low,
+shared between tenants by weight."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.provider.provider import Priority
+from genrelay.consumer.service.config import Settings
 
 
 async def _started(task: asyncio.Task[None]) -> None:
@@ -117,3 +120,122 @@ async def test_within_a_priority_earlier_deadlines_are_served_first() -> None:
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     assert served == ["soon", "late", "no-deadline", "low-soonest"]
+
+
+# --- fair shares between tenants ------------------------------------------------------------
+
+
+class Saturated:
+    """Slots kept full: every job runs equally long, so the oldest holder finishes first."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self.holders: list[str] = []  # tenants holding a slot, oldest first
+        self.granted: list[str] = []  # every grant, in order
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def queue(self, tenant: str, n: int, priority: Priority = Priority.NORMAL) -> None:
+        async def take() -> None:
+            await self.slots.acquire("e", priority, tenant)
+            self.holders.append(tenant)
+            self.granted.append(tenant)
+
+        self.tasks += [asyncio.create_task(take()) for _ in range(n)]
+
+    async def settle(self) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def finish_one(self) -> None:
+        self.slots.release("e", self.holders.pop(0))
+        await self.settle()
+
+    def cancel_all(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+async def test_a_tenant_sending_behind_anothers_flood_is_served_by_its_share_not_after_it() -> None:
+    run = Saturated(Slots(total=20, per_endpoint=20))
+    run.queue("bulk", 5_000)
+    await run.settle()
+    assert run.holders == ["bulk"] * 20
+    run.queue("shop", 50)
+    await run.settle()
+    finished = 0
+    while run.granted.count("shop") < 50:
+        await run.finish_one()
+        finished += 1
+    # Equal weights: shop takes every free slot until it holds half, then every other one.
+    # Its 50 requests are all running after 10 + 2 x 40 = 90 jobs finished, not 5,000.
+    assert finished == 90
+    run.cancel_all()
+
+
+async def test_under_saturation_slots_follow_the_weights() -> None:
+    run = Saturated(Slots(total=40, per_endpoint=40, weights={"gold": 3.0}))
+    run.queue("gold", 2_000)
+    run.queue("silver", 2_000)
+    await run.settle()
+    before = len(run.granted)
+    for _ in range(800):
+        await run.finish_one()
+    completed = run.granted[before:]
+    ratio = completed.count("gold") / completed.count("silver")
+    assert 2.7 <= ratio <= 3.3  # within 10 % of 3:1
+    assert run.slots.shares() == {"gold": 0.75, "silver": 0.25}
+    assert run.holders.count("gold") == 30
+    run.cancel_all()
+
+
+async def test_a_tenant_with_nothing_waiting_lends_its_share() -> None:
+    run = Saturated(Slots(total=10, per_endpoint=10, weights={"idle": 9.0}))
+    run.queue("busy", 100)
+    await run.settle()
+    for _ in range(30):
+        await run.finish_one()
+    assert run.holders == ["busy"] * 10
+    assert run.slots.shares() == {"busy": 1.0}
+    run.cancel_all()
+
+
+async def test_priority_comes_before_a_tenants_share() -> None:
+    run = Saturated(Slots(total=4, per_endpoint=4))
+    run.queue("heavy", 4)
+    await run.settle()
+    run.queue("light", 3, Priority.LOW)
+    run.queue("heavy", 3)
+    await run.settle()
+    for _ in range(3):
+        await run.finish_one()
+    # light holds nothing but waits at low priority: heavy's normal work goes first.
+    assert run.granted[4:] == ["heavy"] * 3
+    for _ in range(3):
+        await run.finish_one()
+    assert run.granted[7:] == ["light"] * 3
+    assert run.slots.waiting == 0
+
+
+async def test_a_waiter_that_gives_up_leaves_no_trace_in_the_shares() -> None:
+    slots = Slots(total=1, per_endpoint=1)
+    await slots.acquire("e", Priority.NORMAL, "a")
+    gone = asyncio.create_task(slots.acquire("e", Priority.NORMAL, "b"))
+    await _started(gone)
+    assert slots.waiting_by_tenant() == {"b": 1}
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert slots.waiting_by_tenant() == {}
+    assert slots.shares() == {"a": 1.0}
+    slots.release("e", "a")
+    assert slots.used == 0
+    assert slots.by_tenant() == {}
+
+
+def test_tenant_weights_come_from_settings_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENRELAY_TENANT_WEIGHTS", '{"shop": 3, "bulk": 0.5}')
+    assert Settings(_env_file=None).tenant_weights == {"shop": 3.0, "bulk": 0.5}
+    with pytest.raises(ValidationError, match="GENRELAY_TENANT_WEIGHTS"):
+        Settings(_env_file=None, tenant_weights={"shop": 0})
