@@ -70,6 +70,8 @@ def required_figures(plan: Plan, units: list[str]) -> list[str]:
         wanted += [f"scale.replicas.steps.{n}.jobs_per_second" for n in plan.replicas]
     if "webhookless" in units:
         wanted += ["webhookless.jobs_per_second", "webhookless.provider_calls.per_job"]
+    if "fairness" in units:
+        wanted += [f"fairness.{way}.{q}" for way in ("fair", "fifo") for q in ("p50_ms", "p99_ms")]
     return [*wanted, "spend.per_key"]
 
 
@@ -238,6 +240,22 @@ def _rows_webhookless(w: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _rows_fairness(f: dict[str, Any]) -> list[tuple[str, str]]:
+    def waits(way: str) -> str:
+        w = f[way]
+        return f"p50 {_n(w['p50_ms'])} ms · p99 {_n(w['p99_ms'])} ms · max {_n(w['max_ms'])} ms"
+
+    setting = (
+        f"a tenant's {_n(f['late'])} requests behind another's {_n(f['flood'])},"
+        f" {_n(f['slots'])} slots, {_n(f['run_ms'])} ms runs"
+    )
+    return [
+        (setting, f"its equal share would start the last after {_n(f['fair_share_wait_ms'])} ms"),
+        ("  its wait, shared by tenant", waits("fair")),
+        ("  its wait, in arrival order", waits("fifo")),
+    ]
+
+
 def render_table(results: Results) -> str:
     """The human-readable summary of a run."""
     meta = results["meta"]
@@ -262,6 +280,7 @@ def render_table(results: Results) -> str:
         ),
         ("3 Scale", "scale", _rows_scale),
         ("4 Webhook-less mode", "webhookless", _rows_webhookless),
+        ("6 Fair shares (the slot scheduler under a simulated clock)", "fairness", _rows_fairness),
     ]
     rows: list[tuple[str, str]] = []
     for title, name, build in sections:

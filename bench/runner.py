@@ -17,6 +17,7 @@ from typing import Any
 
 from genrelay.bench.baselines import compare, run_baseline
 from genrelay.bench.context import Bench, Plan
+from genrelay.bench.fairness import fairness
 from genrelay.bench.measure import host_facts, load_average
 from genrelay.bench.report import Results, missing_figures, required_figures, spend_summary
 from genrelay.bench.restore import restore
@@ -31,6 +32,7 @@ UNITS = (
     "throughput",
     "webhookless",
     "baselines",
+    "fairness",
     "scale.in-flight",
     "scale.replicas",
     "scale.restore",
@@ -42,7 +44,7 @@ Progress = Callable[[str], None]
 
 def expand(selected: Sequence[str]) -> list[str]:
     """The units to run, in run order; the baselines' ratios need the throughput run."""
-    wanted = set(selected) or {"throughput", "baselines", "scale", "webhookless"}
+    wanted = set(selected) or {"throughput", "baselines", "scale", "webhookless", "fairness"}
     if "scale" in wanted:
         wanted |= {"scale.in-flight", "scale.replicas", "scale.restore"}
     if "baselines" in wanted:
@@ -114,6 +116,7 @@ async def _run_unit(bench: Bench, unit: str, scenarios: dict[str, Any]) -> None:
         "webhookless": lambda: run_genrelay(
             bench, RelayRun("webhookless", webhooks=False, paced=False)
         ),
+        "fairness": lambda: fairness(bench),
         "scale.in-flight": lambda: in_flight(bench),
         "scale.replicas": lambda: replicas(bench),
         "scale.restore": lambda: restore(bench),

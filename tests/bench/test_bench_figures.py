@@ -10,6 +10,7 @@ import pytest
 
 from genrelay.bench.cli import add_arguments, plan_from, read_stack
 from genrelay.bench.context import Plan
+from genrelay.bench.fairness import FloodPlan, _late_waits
 from genrelay.bench.hops import Histogram, LedgerTimes, TopicTimes, parse_histograms
 from genrelay.bench.measure import percentile, summary_ms
 from genrelay.bench.profile import summarise
@@ -125,6 +126,7 @@ def test_baselines_bring_the_throughput_run_they_are_compared_with() -> None:
     assert expand(["baselines"]) == ["throughput", "baselines"]
     assert expand(["scale"]) == ["scale.in-flight", "scale.replicas", "scale.restore"]
     assert expand([])[0] == "throughput"
+    assert "fairness" in expand([])
     assert expand([])[-1] == "scale.restore"
 
 
@@ -144,3 +146,15 @@ def test_command_line_builds_the_smoke_plan_and_reads_a_stack_file(tmp_path: Pat
     stack = read_stack(stack_file)
     assert stack.kafka_bootstrap == "127.0.0.1:1"
     assert stack.extra == {"emulator": "http://x"}
+
+
+async def test_the_fairness_figure_compares_shares_with_arrival_order_on_one_clock() -> None:
+    plan = FloodPlan(flood=300, late=10, slots=10, run_seconds=0.2, late_after_seconds=1.0)
+    fair = await _late_waits(plan, tenants=True)
+    fifo = await _late_waits(plan, tenants=False)
+    assert len(fair) == len(fifo) == 10
+    # Shared: the late tenant takes the next free slots up to half of them, so its ten start
+    # within two runs (its equal share's wait). In arrival order each waits for the 300
+    # ahead of it: until the 30th run ends.
+    assert max(fair) == pytest.approx(10 / (10 / 2) * 0.2)
+    assert min(fifo) == pytest.approx(300 / 10 * 0.2 - 1.0)
