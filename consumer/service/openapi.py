@@ -27,9 +27,10 @@ from genrelay.consumer.provider.webhook_signature import (
     TOKEN_PARAM,
     USER_ID_HEADER,
 )
+from genrelay.consumer.service.admin_pages import DEAD_LETTERS_PATH
 from genrelay.consumer.service.metrics import METRICS_PATH
 from genrelay.consumer.service.status_page import STATUS_JSON_PATH, STATUS_PATH
-from genrelay.schemas.fields import IdempotencyKey
+from genrelay.schemas.fields import IDEMPOTENCY_KEY_MAX_LENGTH, IdempotencyKey
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -61,6 +62,16 @@ def openapi_document(*, webhooks: bool) -> dict[str, Any]:
                 "in_flight": {"type": "integer", "minimum": 0},
                 "by_phase": _counts(),
                 "by_endpoint": _counts(),
+                "by_tenant": {
+                    "type": "object",
+                    "additionalProperties": _object(
+                        {
+                            "in_flight": {"type": "integer", "minimum": 0},
+                            "waiting": {"type": "integer", "minimum": 0},
+                            "share": {"type": "number", "minimum": 0, "maximum": 1},
+                        }
+                    ),
+                },
                 "rates": {"type": "object", "additionalProperties": {"type": "number"}},
                 "completions": _array({"type": "object"}),
                 "failures": _array({"type": "object"}),
@@ -96,6 +107,14 @@ def openapi_document(*, webhooks: bool) -> dict[str, Any]:
         },
         STATUS_JSON_PATH: {"get": _get("The status page's data.", _json(_ref("Status")))},
         OPENAPI_PATH: {"get": _get("This document.", _json({"type": "object"}))},
+        "/keys/{key}": {"get": _key_operation()},
+        DEAD_LETTERS_PATH: {
+            "get": _get(
+                "Dead letters counted by reason, and the latest ones.",
+                _page(_object({"counts": _counts(), "letters": _array({"type": "object"})})),
+                _kafka_down(),
+            )
+        },
     }
     if webhooks:
         paths[WEBHOOK_PATH] = {"post": _webhook_operation()}
@@ -122,6 +141,42 @@ def openapi_route(*, webhooks: bool) -> Route:
         return JSONResponse(document)
 
     return Route(OPENAPI_PATH, serve, methods=["GET"])
+
+
+def _key_operation() -> dict[str, Any]:
+    history = _object(
+        {
+            "key": {"type": "string"},
+            "partition": {"type": "integer", "minimum": 0},
+            "trace_id": {"type": ["string", "null"]},
+            "states": _array({"type": "object"}),
+            "events": _array({"type": "object"}),
+        }
+    )
+    operation = _get(
+        "What happened to one key: its ledger states, events, artifacts and trace id.",
+        _page(history),
+        {
+            "404": _response("No state or event of the key (its history).", _page(history)),
+            "400": _response("Not an idempotency key.", _page(_object({"error": _non_empty()}))),
+            **_kafka_down(),
+        },
+    )
+    # Keys with "/" are served too; described are those no client rewrites as a path: no
+    # "/", and no leading "." (a client may resolve "." and ".." segments away).
+    key = {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH, "pattern": "^[^./][^/]*$"}
+    operation["parameters"] = [_parameter("path", "key", key, "the idempotency key")]
+    return operation
+
+
+def _page(schema: dict[str, Any]) -> dict[str, Any]:
+    """An admin page: HTML, or `schema` as JSON to `Accept: application/json`."""
+    return {**_json(schema), "text/html": {"schema": {"type": "string"}}}
+
+
+def _kafka_down() -> dict[str, Any]:
+    down = _object({"error": {"const": "kafka_unavailable"}, "detail": {"type": "string"}})
+    return {"503": _response("Kafka could not be read.", _page(down))}
 
 
 def _webhook_operation() -> dict[str, Any]:

@@ -51,6 +51,7 @@ from genrelay.consumer.provider.http_transport import pooled_client
 from genrelay.consumer.provider.prices import Prices
 from genrelay.consumer.provider.webhook_receiver import WEBHOOK_PATH, WebhookReceiver, app
 from genrelay.consumer.provider.webhook_signature import JwksCache, WebhookToken
+from genrelay.consumer.service.admin_pages import admin_page_routes
 from genrelay.consumer.service.config import RECORD_HEADROOM, Settings
 from genrelay.consumer.service.health import Readiness, address_of
 from genrelay.consumer.service.listeners import Listener, admin_app
@@ -396,6 +397,7 @@ class Relay:
             *probes,
             self.metrics.metrics_route(),
             *status_routes(self.snapshot),
+            *admin_page_routes(self.settings.kafka_bootstrap, self.topics),
             openapi_route(webhooks=self.receiver is not None),
         ]
         token = self.settings.admin_token.get_secret_value() or None

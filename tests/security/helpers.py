@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
@@ -186,7 +187,6 @@ def route_methods(relay: Relay, *, listener: str = "both") -> dict[str, frozense
         assert all(type(route) is Route for route in routes), routes
         for route in routes:
             if type(route) is Route:
-                methods[route.path] = methods.get(route.path, frozenset()) | (
-                    route.methods or frozenset()
-                )
+                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # as OpenAPI names it
+                methods[path] = methods.get(path, frozenset()) | (route.methods or frozenset())
     return methods
