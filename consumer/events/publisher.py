@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
+from genrelay.consumer.events.recent_outcomes import RecentOutcomes
 from genrelay.consumer.intake.intake import SourceRecord
 from genrelay.consumer.ledger.durable import send_durably
 from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
@@ -44,8 +45,10 @@ class KafkaPublisher:
         topics: Topics,
         metrics: RelayMetrics,
         max_record_bytes: int,
+        recent: RecentOutcomes | None = None,
     ) -> None:
         self._max_record_bytes = max_record_bytes
+        self._recent = recent
         self._producer = producer
         self._writers = writers
         self._topics = topics
@@ -77,6 +80,8 @@ class KafkaPublisher:
         """The original record, bytes and headers, with why it was refused."""
         info = DeadLetterInfo(reason, error, source.topic, source.partition, source.offset)
         self._metrics.dead_lettered(reason)
+        if self._recent is not None:
+            self._recent.dead_lettered()
         record = Outgoing(
             self._topics.dead_letter,
             source.value,

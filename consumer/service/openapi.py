@@ -75,6 +75,7 @@ def openapi_document(*, webhooks: bool) -> dict[str, Any]:
                 "rates": {"type": "object", "additionalProperties": {"type": "number"}},
                 "completions": _array({"type": "object"}),
                 "failures": _array({"type": "object"}),
+                "trends": _array({"type": "object"}),
                 "instance": {"type": "string"},
                 "generated_at": {"type": "string", "format": "date-time"},
             }

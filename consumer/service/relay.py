@@ -137,7 +137,8 @@ class Relay:
         )
         tracer = self.tracer_provider.get_tracer("genrelay")
         self.metrics = RelayMetrics(self._gauges(), service_name=settings.service_name)
-        self.recent = RecentOutcomes()
+        self.recent = RecentOutcomes(in_flight=lambda: self.slots.used)
+        self._http.event_hooks["request"].append(self._provider_called)
         observers = Observers(tracer=tracer, metrics=self.metrics, recent=self.recent)
         self.publisher = KafkaPublisher(
             self._producer,
@@ -145,6 +146,7 @@ class Relay:
             self.topics,
             self.metrics,
             max_record_bytes=settings.kafka_max_request_bytes,
+            recent=self.recent,
         )
         self.slots = Slots(
             settings.max_in_flight,
@@ -281,8 +283,12 @@ class Relay:
             rates=self.recent.rates(),
             completions=self.recent.completions(),
             failures=self.recent.failures(),
+            trends=self.recent.trends(),
             instance=self.settings.instance_id or "",
         )
+
+    async def _provider_called(self, request: httpx.Request) -> None:
+        self.recent.provider_called()
 
     def _tenant_shares(self) -> dict[str, TenantShare]:
         held, waiting = self.slots.by_tenant(), self.slots.waiting_by_tenant()

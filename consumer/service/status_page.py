@@ -7,7 +7,7 @@ relay supplies a callback that takes a `StatusSnapshot` of its state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -45,6 +45,8 @@ class StatusSnapshot:
     completions: tuple[Outcome, ...]
     failures: tuple[Outcome, ...]
     by_tenant: Mapping[str, TenantShare] = field(default_factory=dict)
+    # The last hour, a point per minute (see `RecentOutcomes.trends`).
+    trends: Sequence[Mapping[str, Any]] = ()
     instance: str = ""
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -60,6 +62,7 @@ class StatusSnapshot:
             "rates": dict(self.rates),
             "completions": [_outcome(o) for o in self.completions],
             "failures": [_outcome(o) for o in self.failures],
+            "trends": [dict(point) for point in self.trends],
             "instance": self.instance,
             "generated_at": self.generated_at.isoformat(),
         }

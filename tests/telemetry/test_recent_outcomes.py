@@ -94,3 +94,35 @@ def test_a_rate_window_counts_any_named_event() -> None:
     clock.now += 0.5  # the same second
     window.mark("submitted", 5)
     assert window.rates() == {"submitted": 3.0}
+
+
+def test_the_last_hour_is_a_point_per_minute_with_gaps_and_percentiles() -> None:
+    clock = Clock(1_790_000_000.0 // 60 * 60)
+    in_flight = [0]
+    recent = RecentOutcomes(clock=clock, in_flight=lambda: in_flight[0])
+    in_flight[0] = 7
+    for n in range(100):
+        timed = {"timings": {"queued_ms": 0, "running_ms": 0, "total_ms": 10 * (n + 1)}}
+        recent.add(event(f"k{n}", "succeeded" if n % 10 else "failed", **timed))
+    for _ in range(300):
+        recent.provider_called()
+    recent.dead_lettered()
+    in_flight[0] = 2
+    clock.now += 120  # two minutes later: one quiet minute between
+    recent.add(event("late"))
+
+    points = recent.trends()
+    assert len(points) == 60
+    first, quiet, last = points[-3], points[-2], points[-1]
+    assert (first["completions"], first["failures"], first["dead_letters"]) == (90, 10, 1)
+    assert first["in_flight"] == 7
+    assert first["provider_calls_per_job"] == 3.0
+    assert first["p50_ms"] == 505.0
+    assert 985 <= first["p99_ms"] <= 1000
+    assert quiet == {**quiet, "completions": 0, "failures": 0, "p50_ms": None}
+    assert quiet["provider_calls_per_job"] is None
+    assert (last["completions"], last["in_flight"], last["p50_ms"]) == (1, 2, 1000.0)
+    assert points[0]["at"] < first["at"] < last["at"]
+
+    clock.now += 3600  # an hour on, the old minutes are gone
+    assert sum(p["completions"] + p["failures"] for p in recent.trends()) == 0

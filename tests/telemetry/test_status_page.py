@@ -6,9 +6,10 @@ import asyncio
 import re
 import shutil
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,24 @@ from genrelay.consumer.events.recent_outcomes import Outcome
 from genrelay.consumer.service.status_page import StatusSnapshot, TenantShare, status_routes
 
 FINISHED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+
+
+def _minute(n: int) -> dict[str, Any]:
+    """The n-th minute of the last hour: a load that starts 20 minutes ago and grows."""
+    busy = n >= 40
+    return {
+        "at": f"2026-11-25T11:{n:02d}:00+00:00",
+        "completions": 10 * (n - 39) if busy else 0,
+        "failures": n % 3 if busy else 0,
+        "dead_letters": 1 if n == 50 else 0,
+        "in_flight": 5 * (n - 39) if busy else 0,
+        "provider_calls_per_job": 3.0 if busy else None,
+        "p50_ms": 900.0 + n if busy else None,
+        "p99_ms": 2_400.0 + 10 * n if busy else None,
+    }
+
+
+TRENDS = [_minute(n) for n in range(60)]
 SNAPSHOT = StatusSnapshot(
     ready=True,
     partitions=(0, 3, 4),
@@ -33,6 +52,7 @@ SNAPSHOT = StatusSnapshot(
     failures=(Outcome("order-43/<b>x</b>", "failed", "fal-ai/veo3", FINISHED, 3_100, "timeout"),),
     instance="relay-1",
     generated_at=FINISHED,
+    trends=TRENDS,
 )
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,6 +106,7 @@ async def test_status_json_reflects_the_snapshot() -> None:
         ],
         "instance": "relay-1",
         "generated_at": "2026-11-25T12:00:00+00:00",
+        "trends": TRENDS,
     }
 
 
@@ -94,7 +115,8 @@ async def test_the_page_loads_nothing_from_elsewhere() -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    page = response.text
+    # SVG's namespace is a name, not an address anything is loaded from.
+    page = response.text.replace('"http://www.w3.org/2000/svg"', "")
     assert 'fetch("status.json"' in page
     assert "<link" not in page
     assert "src=" not in page
@@ -155,8 +177,11 @@ async def chromium(tmp_path: Path, *args: str) -> bytes:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-async def test_a_browser_renders_the_snapshot(server: str, tmp_path: Path) -> None:
+async def test_a_browser_renders_the_snapshot(
+    server: str, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     screenshot = tmp_path / "status.png"
+    record_property("screenshot", str(screenshot))
 
     await chromium(tmp_path, f"--screenshot={screenshot}", server)
     dom = (await chromium(tmp_path, "--dump-dom", server)).decode()
@@ -186,3 +211,10 @@ async def test_a_browser_renders_the_snapshot(server: str, tmp_path: Path) -> No
     assert "12.4 s" in dom
     assert "order-43/&lt;b&gt;x&lt;/b&gt;" in dom
     assert "<b>x</b>" not in dom
+    # The last hour's charts: a line per series, broken where a minute has no value.
+    for chart in ("completions", "latency", "in-flight", "calls", "dead-letters"):
+        assert f'data-chart="{chart}"' in dom, chart
+    lines = re.findall(r'<polyline points="([^"]*)"[^>]*data-series="([a-z0-9_]+)"', dom)
+    by_series = {series: points.split() for points, series in lines}
+    assert len(by_series["completions"]) == 60  # zero is a value: the whole hour
+    assert len(by_series["p99_ms"]) == 20  # only the busy minutes have times
