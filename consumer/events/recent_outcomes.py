@@ -91,6 +91,7 @@ class _Minute:
             "failures": self.failures,
             "dead_letters": self.dead_letters,
             "in_flight": self.in_flight,
+            "provider_calls": self.provider_calls,
             "provider_calls_per_job": (
                 round(self.provider_calls / finished, 2) if finished else None
             ),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,6 +18,7 @@ from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.emulator.settings import EmulatorSettings, FixedLatency
 from genrelay.schemas.ledger import Phase
+from tests.browser import CHROMIUM, check_screenshot, chromium
 from tests.relay.harness import (
     RunningRelay,
     TopicReader,
@@ -118,3 +122,36 @@ async def _produce_with_headers(
         await producer.send_and_wait(topic, value, key=b"traced", headers=headers)
     finally:
         await producer.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+async def test_the_status_page_charts_a_short_load(
+    stack: StackInfo,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    settings = relay_settings(stack, emulator)
+    keys = [f"charted-{n}" for n in range(20)]
+    async with running(settings) as live:
+        await produce(
+            stack.kafka_bootstrap,
+            settings.topic_requests,
+            [(k.encode(), submit_record(k, k)) for k in keys],
+        )
+        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
+            await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys))
+        page = f"http://127.0.0.1:{live.relay.admin_port}/status"
+        screenshot = tmp_path / "status-under-load.png"
+        record_property("screenshot", str(screenshot))
+        await chromium(tmp_path, f"--screenshot={screenshot}", page)
+        dom = (await chromium(tmp_path, "--dump-dom", page)).decode()
+        trends = live.relay.snapshot().to_json()["trends"]
+    check_screenshot(screenshot)
+    assert sum(point["completions"] for point in trends) == len(keys)
+    # Each of the 20 jobs cost the relay at least its POST and a result GET at fal.
+    assert sum(point["provider_calls"] for point in trends) >= 2 * len(keys)
+    assert 'data-chart="completions"' in dom
+    lines = re.findall(r'<polyline points="([^"]*)"[^>]*data-series="completions"', dom)
+    assert lines
+    assert len(lines[0].split()) == 60

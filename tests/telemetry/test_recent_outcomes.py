@@ -116,6 +116,7 @@ def test_the_last_hour_is_a_point_per_minute_with_gaps_and_percentiles() -> None
     first, quiet, last = points[-3], points[-2], points[-1]
     assert (first["completions"], first["failures"], first["dead_letters"]) == (90, 10, 1)
     assert first["in_flight"] == 7
+    assert first["provider_calls"] == 300
     assert first["provider_calls_per_job"] == 3.0
     assert first["p50_ms"] == 505.0
     assert 985 <= first["p99_ms"] <= 1000

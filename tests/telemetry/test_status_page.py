@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from PIL import Image
 from starlette.applications import Starlette
 
 from genrelay.consumer.events.recent_outcomes import Outcome
 from genrelay.consumer.service.status_page import StatusSnapshot, TenantShare, status_routes
+from tests.browser import CHROMIUM, check_screenshot, chromium
 
 FINISHED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
@@ -32,6 +30,7 @@ def _minute(n: int) -> dict[str, Any]:
         "failures": n % 3 if busy else 0,
         "dead_letters": 1 if n == 50 else 0,
         "in_flight": 5 * (n - 39) if busy else 0,
+        "provider_calls": 30 * (n - 39) if busy else 0,
         "provider_calls_per_job": 3.0 if busy else None,
         "p50_ms": 900.0 + n if busy else None,
         "p99_ms": 2_400.0 + 10 * n if busy else None,
@@ -54,8 +53,6 @@ SNAPSHOT = StatusSnapshot(
     generated_at=FINISHED,
     trends=TRENDS,
 )
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def app() -> Starlette:
@@ -144,38 +141,6 @@ async def server() -> AsyncIterator[str]:
     await task
 
 
-async def chromium(tmp_path: Path, *args: str) -> bytes:
-    """Run headless Chromium once; returns its stdout."""
-    assert CHROMIUM is not None
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1200,800",
-        # Lets the page's fetch of /status.json answer and render before the capture.
-        "--virtual-time-budget=3000",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(90):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    return stdout
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 async def test_a_browser_renders_the_snapshot(
     server: str, tmp_path: Path, record_property: Callable[[str, object], None]
@@ -186,16 +151,7 @@ async def test_a_browser_renders_the_snapshot(
     await chromium(tmp_path, f"--screenshot={screenshot}", server)
     dom = (await chromium(tmp_path, "--dump-dom", server)).decode()
 
-    data = screenshot.read_bytes()
-    assert data.startswith(PNG_SIGNATURE)
-    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
-    assert (width, height) == (1200, 800)
-    with Image.open(screenshot) as image:
-        image.verify()
-    with Image.open(screenshot) as image:
-        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
-    assert colours is not None
-    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    check_screenshot(screenshot)
 
     # The script ran: the shell's placeholders were replaced by the snapshot's values.
     assert 'data-rendered="2026-11-25T12:00:00+00:00"' in dom
