@@ -25,7 +25,6 @@ from genrelay.chaos.toxiproxy import Proxy, Toxiproxy, ToxiproxyServer
 from genrelay.deploy.local.processes import StackStartError, free_port
 from genrelay.deploy.local.stack import (
     S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     KafkaNode,
     LocalStack,
     MinioNode,
@@ -66,7 +65,7 @@ class Servers:
 
     @property
     def s3_secret_key(self) -> str:
-        return S3_SECRET_KEY
+        return self.minio.secret_key
 
 
 def _proxied_kafka(workdir: Path, proxy_port: int) -> tuple[KafkaNode, int]:

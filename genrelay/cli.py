@@ -64,10 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command != "run":  # the service configures its own (JSON) logging
+    if args.command not in ("run", "local"):  # those configure their own logging
         # Client commands show their own progress; library chatter only when it matters.
-        level = logging.INFO if args.command == "local" else logging.WARNING
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "local":
         from genrelay.deploy.local.runner import run_local
 

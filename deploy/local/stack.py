@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -34,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 KAFKA_POM = HERE / "kafka" / "pom.xml"
 KAFKA_LOG4J = HERE / "kafka" / "log4j2.properties"
 
+# An id, not a secret; each MinIO node gets a random secret key of its own.
 S3_ACCESS_KEY = "genrelay"
-S3_SECRET_KEY = "genrelay-secret"
 
 
 def cache_dir() -> Path:
@@ -211,10 +212,12 @@ class MinioNode:
         self.binary = cache_dir() / "bin" / "minio"
         self.workdir = workdir
         self.port = port or free_port()
+        # Random, so it is never a word that log redaction would blank out elsewhere.
+        self.secret_key = secrets.token_urlsafe(24)
         env = {
             **os.environ,
             "MINIO_ROOT_USER": S3_ACCESS_KEY,
-            "MINIO_ROOT_PASSWORD": S3_SECRET_KEY,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
             # Small buffer pool and no root-disk check: right for a test server.
@@ -318,7 +321,7 @@ class LocalStack:
             kafka_bootstrap=self.kafka.bootstrap,
             s3_endpoint=self.minio.endpoint,
             s3_access_key=S3_ACCESS_KEY,
-            s3_secret_key=S3_SECRET_KEY,
+            s3_secret_key=self.minio.secret_key,
         )
 
     async def start(self) -> None:
