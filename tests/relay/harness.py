@@ -194,3 +194,13 @@ def completions_by_key(records: list[Any]) -> dict[str, list[dict[str, Any]]]:
         event = json.loads(record.value)
         by_key.setdefault(event["idempotency_key"], []).append(event)
     return by_key
+
+
+async def submit_and_finish(bootstrap: str, settings: Settings, keys: list[str]) -> list[Any]:
+    """Produce a plain request for each key (its prompt is the key) and wait until every key
+    has its completion event; returns the completion records read."""
+    records = [(k.encode(), submit_record(k, k)) for k in keys]
+    await produce(bootstrap, settings.topic_requests, records)
+    async with TopicReader(bootstrap, settings.topic_completions) as reader:
+        await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys))
+    return reader.records

@@ -28,6 +28,7 @@ from tests.relay.harness import (
     relay_settings,
     running,
     scrape,
+    submit_and_finish,
     submit_record,
 )
 from tests.waiting import eventually
@@ -134,13 +135,7 @@ async def test_the_status_page_charts_a_short_load(
     settings = relay_settings(stack, emulator)
     keys = [f"charted-{n}" for n in range(20)]
     async with running(settings) as live:
-        await produce(
-            stack.kafka_bootstrap,
-            settings.topic_requests,
-            [(k.encode(), submit_record(k, k)) for k in keys],
-        )
-        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
-            await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys))
+        await submit_and_finish(stack.kafka_bootstrap, settings, keys)
         page = f"http://127.0.0.1:{live.relay.admin_port}/status"
         screenshot = tmp_path / "status-under-load.png"
         record_property("screenshot", str(screenshot))

@@ -14,10 +14,9 @@ from genrelay.consumer.service.topics import TopicLayoutError
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from tests.relay.harness import (
-    TopicReader,
-    completions_by_key,
     produce,
     relay_settings,
+    submit_and_finish,
     submit_record,
 )
 
@@ -32,13 +31,7 @@ async def test_adding_partitions_while_running_stops_intake_with_a_clear_error(
     async with Relay(settings) as relay:
         task = asyncio.get_running_loop().create_task(relay.run())
         await asyncio.wait_for(relay.ready.wait(), timeout=60)
-        await produce(
-            stack.kafka_bootstrap,
-            settings.topic_requests,
-            [(k.encode(), submit_record(k, k)) for k in keys],
-        )
-        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
-            await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys))
+        await submit_and_finish(stack.kafka_bootstrap, settings, keys)
         admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
         await admin.start()
         try:

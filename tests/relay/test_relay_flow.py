@@ -17,6 +17,7 @@ from tests.relay.harness import (
     produce,
     relay_settings,
     running,
+    submit_and_finish,
     submit_record,
 )
 
@@ -135,12 +136,6 @@ async def test_polling_alone_completes_jobs_when_webhooks_are_off(
     settings = relay_settings(stack, emulator, public_webhook_url=None, poll_grace_seconds=0.2)
     keys = [f"poll-{n}" for n in range(20)]
     async with running(settings):
-        await produce(
-            stack.kafka_bootstrap,
-            settings.topic_requests,
-            [(k.encode(), submit_record(k, k)) for k in keys],
-        )
-        async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:
-            await reader.until(lambda rs: len(completions_by_key(rs)) == len(keys))
+        completed = await submit_and_finish(stack.kafka_bootstrap, settings, keys)
     assert all(s.webhook_url is None for s in emulator.submissions())
-    assert {e[0]["status"] for e in completions_by_key(reader.records).values()} == {"succeeded"}
+    assert {e[0]["status"] for e in completions_by_key(completed).values()} == {"succeeded"}
