@@ -18,6 +18,7 @@ from typing import Any
 from genrelay.consumer.provider.fal_platform import BillingEvent
 from genrelay.consumer.steps import key_hash
 from genrelay.schemas.completions import CompletionEvent
+from genrelay.schemas.costs import CostRecord
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Charge:
     endpoint: str
     cost_usd: float | None
     billed_at: datetime
+    units: float | None = None
+    tenant: str | None = None
 
 
 @dataclass
@@ -38,6 +41,9 @@ class AuditReport:
     unbilled: dict[str, str] = field(default_factory=dict)  # key -> request_id
     spend_by_tenant: dict[str, float] = field(default_factory=dict)
     spend_by_endpoint: dict[str, float] = field(default_factory=dict)
+    # Every key genrelay announced that fal billed, with its charges (for `genrelay.costs`).
+    billed: dict[str, list[Charge]] = field(default_factory=dict)
+    estimates: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -97,11 +103,13 @@ def audit(
     report = AuditReport()
     charges: dict[str, dict[str, Charge]] = defaultdict(dict)
     for row in billed:
-        charge = Charge(row.request_id, row.endpoint_id, row.cost_usd, row.timestamp)
+        tenant = row.tags.get("tenant", "")
+        charge = Charge(
+            row.request_id, row.endpoint_id, row.cost_usd, row.timestamp, row.units, tenant or None
+        )
         report.billed_requests += 1
         cost = row.cost_usd or 0.0
         report.spend_usd += cost
-        tenant = row.tags.get("tenant", "")
         report.spend_by_tenant[tenant] = report.spend_by_tenant.get(tenant, 0.0) + cost
         endpoint = row.endpoint_id
         report.spend_by_endpoint[endpoint] = report.spend_by_endpoint.get(endpoint, 0.0) + cost
@@ -117,6 +125,11 @@ def audit(
             key = f"(unannounced gr.key={tag})"
         charges[key][row.request_id] = charge
     report.keys_billed = len(charges)
+    known_keys = set(by_hash.values())
+    for key, found in charges.items():
+        if key in known_keys:
+            report.billed[key] = sorted(found.values(), key=lambda c: c.billed_at)
+    report.estimates = {key: event.cost_usd for key, event in succeeded.items()}
     report.double_charges = {
         key: sorted(found.values(), key=lambda c: c.billed_at)
         for key, found in charges.items()
@@ -148,3 +161,25 @@ def _listing(spend: dict[str, float]) -> str:
     if not spend:
         return "none"
     return ", ".join(f"{name or '(none)'} {usd:.4f}" for name, usd in sorted(spend.items()))
+
+
+def cost_records(report: AuditReport, now: datetime) -> list[CostRecord]:
+    """What fal billed each announced key, as `genrelay.costs` records."""
+    records = []
+    for key, charges in sorted(report.billed.items()):
+        last = charges[-1]
+        units = [c.units for c in charges if c.units is not None]
+        records.append(
+            CostRecord(
+                idempotency_key=key,
+                endpoint=last.endpoint,
+                tenant=last.tenant,
+                request_ids=[c.request_id for c in charges],
+                billed_units=sum(units) if units else None,
+                cost_usd=round(sum(c.cost_usd or 0.0 for c in charges), 9),
+                estimated_usd=report.estimates.get(key),
+                billed_at=last.billed_at,
+                settled_at=now,
+            )
+        )
+    return records

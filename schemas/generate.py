@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from genrelay.schemas.completions import CompletionEvent
+from genrelay.schemas.costs import CostRecord
 from genrelay.schemas.progress import ProgressEvent
 from genrelay.schemas.requests import RequestRecord
 from genrelay.schemas.webhooks import WebhookDelivery
@@ -27,6 +28,7 @@ SCHEMAS: dict[str, tuple[str, Any]] = {
     "completion.v1.json": ("CompletionEvent", CompletionEvent),
     "progress.v1.json": ("ProgressEvent", ProgressEvent),
     "webhook-delivery.v1.json": ("WebhookDelivery", WebhookDelivery),
+    "cost.v1.json": ("CostRecord", CostRecord),
 }
 
 

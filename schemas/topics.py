@@ -13,6 +13,7 @@ class Topics:
     completions: str = "genrelay.completions"
     progress: str = "genrelay.progress"
     dead_letter: str = "genrelay.dead-letter"
+    costs: str = "genrelay.costs"
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in the order a request flows through them."""
@@ -23,6 +24,7 @@ class Topics:
             self.completions,
             self.progress,
             self.dead_letter,
+            self.costs,
         )
 
 

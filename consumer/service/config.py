@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     topic_dead_letter: str = Field(
         "genrelay.dead-letter", description="refused records with reason headers"
     )
+    topic_costs: str = Field(
+        "genrelay.costs", description="what fal billed each key (compacted; `genrelay audit`)"
+    )
     extra_input_topics: list[str] = Field(
         default_factory=list, description="further topics whose records are re-keyed into requests"
     )
@@ -306,6 +309,7 @@ class Settings(BaseSettings):
             completions=self.topic_completions,
             progress=self.topic_progress,
             dead_letter=self.topic_dead_letter,
+            costs=self.topic_costs,
         )
 
     @property

@@ -85,7 +85,7 @@ async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            topic_configs={**sized, **(compacted if name == topics.ledger else {})},
+            topic_configs={**sized, **(compacted if name in (topics.ledger, topics.costs) else {})},
         )
         for name in topics.all()
     ]

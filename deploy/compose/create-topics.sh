@@ -27,6 +27,7 @@ webhooks=${GENRELAY_TOPIC_WEBHOOKS:-genrelay.webhooks}
 completions=${GENRELAY_TOPIC_COMPLETIONS:-genrelay.completions}
 progress=${GENRELAY_TOPIC_PROGRESS:-genrelay.progress}
 dead_letter=${GENRELAY_TOPIC_DEAD_LETTER:-genrelay.dead-letter}
+costs=${GENRELAY_TOPIC_COSTS:-genrelay.costs}
 
 client=(--bootstrap-server "$bootstrap")
 if [[ -n ${KAFKA_COMMAND_CONFIG:-} ]]; then
@@ -62,6 +63,7 @@ create "$webhooks"
 create "$completions"
 create "$progress"
 create "$dead_letter"
+create "$costs" --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1
 
 # Keys are co-partitioned across these three: each must have exactly GENRELAY_PARTITIONS.
 status=0

@@ -150,5 +150,6 @@ def test_topics_list_every_default_name_once() -> None:
         "genrelay.completions",
         "genrelay.progress",
         "genrelay.dead-letter",
+        "genrelay.costs",
     )
     assert Topics(requests="team.requests").all()[0] == "team.requests"
