@@ -241,6 +241,11 @@ def status(options: RunOptions, output: Output) -> int:
         ("rejected", counts.rejected),
     ):
         output.say(f"  {name:<10} {value:>8}")
+    spend = snapshot.spend()
+    output.say(
+        f"  spend      {spend.usd:.4f} USD, estimated"
+        f" ({spend.priced} of {spend.finished} finished keys priced; billed: genrelay.costs)"
+    )
     if snapshot.cancelled_at is not None:
         output.say(f"  cancelled at {snapshot.cancelled_at.isoformat()}")
     seen = info.collected_at.isoformat() if info.collected_at else "never"

@@ -87,6 +87,15 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
+class Spend:
+    """The estimated cost of a run's finished keys (`priced`: those whose event has one)."""
+
+    usd: float
+    priced: int
+    finished: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunSnapshot:
     """Everything known locally about a run at one moment."""
 
@@ -108,6 +117,12 @@ class RunSnapshot:
     def lines(self) -> dict[str, int]:
         """The line of each planned key."""
         return {entry.key: entry.line for entry in self.plan}
+
+    def spend(self) -> Spend:
+        """What the run's finished keys cost, as their completion events estimate it."""
+        events = [event for key in self.keys if (event := self.outcomes.get(key))]
+        costs = [event.cost_usd for event in events if event.cost_usd is not None]
+        return Spend(usd=round(sum(costs), 9), priced=len(costs), finished=len(events))
 
     def counts(self) -> Counts:
         """The run's counts as of this snapshot."""

@@ -106,9 +106,10 @@ def completion(key: str, *, status: str = "succeeded", metadata: Any = None) -> 
         error=None if succeeded else ErrorDetail(type="boom", message="it broke", retryable=False),
         timings=Timings(queued_ms=0, running_ms=0, total_ms=0),
         attempts=1,
-        cost_units=None,
-        cost_usd=None,
-        cost_source=None,
+        # As fal bills a file: one unit, here at 0.003 USD.
+        cost_units=1 if succeeded else None,
+        cost_usd=0.003 if succeeded else None,
+        cost_source="estimate" if succeeded else None,
         metadata=metadata or {},
         replayed=False,
     )

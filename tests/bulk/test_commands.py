@@ -148,12 +148,14 @@ async def test_without_waiting_the_manifest_is_pending_until_collected(
     assert await bulk("status", bulk_id) == 0
     assert "submitted         5" in bulk.last_output
     assert "completed         0" in bulk.last_output
+    assert "spend      0.0000 USD, estimated (0 of 0 finished keys priced" in bulk.last_output
 
     assert await bulk("collect", bulk_id) == 0
     manifest = read_jsonl(tmp_path / "prompts.manifest.jsonl")
     assert {row["status"] for row in manifest} == {"succeeded"}
     assert await bulk("status", bulk_id) == 0
     assert "completed         5" in bulk.last_output
+    assert "spend      0.0150 USD, estimated (5 of 5 finished keys priced" in bulk.last_output
     # Collect used the topics the run was submitted with.
     assert bulk.connector.targets[-1] == bulk.connector.targets[0]
 
