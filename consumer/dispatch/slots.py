@@ -5,11 +5,13 @@ so a bulk run can fill the provider's queue only as far as the limits allow. Whe
 frees up it goes, in this order:
 
 1. to the best priority that has work waiting (`normal` ahead of `low`);
-2. within it, to the tenant using least of its share: the fewest slots held per unit of
-   weight (weights from settings, 1 by default). A tenant with nothing waiting is not a
-   candidate, so its share is lent to the others until it has work again. Under saturation
-   the slots held (and so the completions) follow the weights, and a tenant that starts
-   sending behind another's flood gets the next free slot, not a place behind the flood;
+2. within it, to the tenant furthest below its share: its weight's part of the slots held
+   (weights from settings, 1 by default) minus the slots it holds; between tenants equally
+   far below, to the one granted least so far for its weight (so a share that is not a whole
+   number of slots, 7.5 of 10, alternates between 7 and 8). A tenant with nothing waiting is
+   not a candidate, so its share is lent to the others until it has work again. Under
+   saturation the slots held, and so the completions, follow the weights, and a tenant that
+   starts sending behind another's flood gets the next free slots, not a place behind it;
 3. within the tenant, to the earliest deadline, then the earliest arrival.
 
 A waiter blocked only by its endpoint's or its tenant's own limit is passed over: one
@@ -60,6 +62,7 @@ class Slots:
         self._used = 0
         self._by_endpoint: Counter[str] = Counter()
         self._by_tenant: Counter[str] = Counter()  # slots held, "" for work without a tenant
+        self._granted: Counter[str] = Counter()  # slots ever granted, per tenant
         # Waiters by priority rank, then tenant; each queue sorted by (deadline, arrival).
         self._queues: dict[int, dict[str, list[_Waiter]]] = {}
         self._waiting: Counter[str] = Counter()
@@ -159,6 +162,7 @@ class Slots:
         self._used += 1
         self._by_endpoint[endpoint] += 1
         self._by_tenant[tenant or _NO_TENANT] += 1
+        self._granted[tenant or _NO_TENANT] += 1
 
     def _wake(self) -> None:
         while self._used < self.total and (waiter := self._next()) is not None:
@@ -168,9 +172,12 @@ class Slots:
 
     def _next(self) -> _Waiter | None:
         """Take the waiter the next free slot goes to off its queue, if any may have it."""
+        active = set(self._by_tenant) | set(self._waiting)
+        # Each tenant's share of the slots held once this one is granted, per unit of weight.
+        per_weight = (self._used + 1) / sum(self.weight(t) for t in active or {_NO_TENANT})
         for rank in sorted(self._queues):
             tenants = self._queues[rank]
-            for name in sorted(tenants, key=lambda t: self._turn(t, tenants[t])):
+            for name in sorted(tenants, key=lambda t: self._turn(t, tenants[t], per_weight)):
                 waiter = self._first_eligible(tenants[name])
                 if not tenants[name]:
                     del tenants[name]
@@ -180,10 +187,15 @@ class Slots:
                 del self._queues[rank]
         return None
 
-    def _turn(self, tenant: str, queue: list[_Waiter]) -> tuple[float, float, int]:
-        # Least served for its weight first; between equals, the earlier deadline, arrival.
+    def _turn(
+        self, tenant: str, queue: list[_Waiter], per_weight: float
+    ) -> tuple[float, float, float, int]:
+        # Furthest below its share first (rounded: equal shortfalls must compare equal), then
+        # granted least for its weight, then the earlier deadline, then the earlier arrival.
+        weight = self.weight(tenant)
+        shortfall = round(per_weight * weight - self._by_tenant[tenant], 9)
         head = queue[0]
-        return self._by_tenant[tenant] / self.weight(tenant), head.due, head.seq
+        return -shortfall, self._granted[tenant] / weight, head.due, head.seq
 
     def _first_eligible(self, queue: list[_Waiter]) -> _Waiter | None:
         """Remove and return the first waiter of `queue` its own limits let through (sweeping

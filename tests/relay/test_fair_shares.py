@@ -51,3 +51,25 @@ async def test_a_late_tenant_is_served_by_its_share_not_after_anothers_flood(
     # until it holds half: its 20 are posted after about 10 + 2 x 20 more bulk ones (reading
     # its records takes a moment more on a busy machine; the bound leaves room for that).
     assert bulk_before < FLOOD // 2, bulk_before
+
+
+async def test_under_saturation_posts_follow_the_tenants_weights(
+    stack: StackInfo, emulator: EmulatorServer
+) -> None:
+    emulator.configure(run_latency=FixedLatency(ms=300))
+    settings = relay_settings(stack, emulator, max_in_flight=SLOTS, tenant_weights={"gold": 3.0})
+    # Enough of each that neither runs out within the window measured below.
+    backlog = {"gold": 400, "silver": 200}
+    keys = [
+        (f"{t}-{n}", t) for n in range(max(backlog.values())) for t in backlog if n < backlog[t]
+    ]
+    records = [(key.encode(), submit_record(key, key, tenant=tenant)) for key, tenant in keys]
+    async with running(settings):
+        await produce(stack.kafka_bootstrap, settings.topic_requests, records)
+        await eventually(lambda: len(emulator.submissions()) >= 280, timeout=180)
+    posted = [s.input["prompt"].split("-")[0] for s in emulator.submissions()]
+    # Past the first slots (granted while the backlog was still being read), every free slot
+    # goes to whichever tenant holds fewer for its weight: 3 gold for each silver.
+    window = posted[40:280]
+    ratio = window.count("gold") / window.count("silver")
+    assert 2.7 <= ratio <= 3.3, ratio
