@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from genrelay.consumer.service.telemetry import trace_id_of
@@ -19,12 +18,7 @@ from genrelay.producers.kafka import partition_count, read_topic
 from genrelay.schemas.base import from_json_bytes
 from genrelay.schemas.completions import CompletionEvent
 from genrelay.schemas.ledger import LedgerRecord
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` (as producers and genrelay do)."""
-    hashed: int = murmur2(key.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
+from genrelay.schemas.topics import partition_for
 
 
 @dataclass
@@ -106,7 +100,7 @@ async def key_history(
 ) -> KeyHistory:
     """Read the key's partition of the ledger and completion topics (genrelay writes a key's
     state and event to the partition its request came in on: the same number)."""
-    partition = partition_of(key, await partition_count(bootstrap, ledger_topic))
+    partition = partition_for(key.encode(), await partition_count(bootstrap, ledger_topic))
     history = KeyHistory(key, partition)
     wanted = key.encode()
     for record in await read_topic(bootstrap, ledger_topic, partition=partition):

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from aiokafka.partitioner import murmur2
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -29,3 +31,10 @@ class Topics:
 
 
 DEFAULT_TOPICS = Topics()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key`: where producers put a key's
+    request, so where genrelay keeps its state and events."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions

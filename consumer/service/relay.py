@@ -23,7 +23,6 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.partitioner import murmur2
 from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -64,6 +63,7 @@ from genrelay.consumer.steps import Observers, Steps, to_job
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.dead_letter import DeadLetterReason
 from genrelay.schemas.ledger import ProviderJob
+from genrelay.schemas.topics import partition_for
 from genrelay.schemas.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -529,8 +529,7 @@ class Relay:
             return None
         if source.key is None:
             return None
-        partition: int = (murmur2(source.key) & 0x7FFFFFFF) % self._partitions
-        return partition
+        return partition_for(source.key, self._partitions)
 
     def _handle_webhook(self, source: SourceRecord, finished: Callable[[], None]) -> None:
         try:

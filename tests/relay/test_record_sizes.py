@@ -5,12 +5,12 @@ relay keeps running."""
 from __future__ import annotations
 
 import pytest
-from aiokafka.partitioner import murmur2
 
 from genrelay.bench.workload import read_topic
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
 from genrelay.schemas.dead_letter import REASON_HEADER, TRUNCATED_FROM_HEADER
+from genrelay.schemas.topics import partition_for
 from tests.relay.harness import (
     TopicReader,
     completions_by_key,
@@ -78,11 +78,11 @@ async def test_oversized_states_end_in_terminal_events_and_the_relay_keeps_runni
 
 
 def _key_on_partition_of(key: bytes, partitions: int) -> str:
-    def partition(k: bytes) -> int:
-        return int((murmur2(k) & 0x7FFFFFFF) % partitions)
-
+    wanted = partition_for(key, partitions)
     return next(
-        f"later-{n}" for n in range(1000) if partition(f"later-{n}".encode()) == partition(key)
+        f"later-{n}"
+        for n in range(1000)
+        if partition_for(f"later-{n}".encode(), partitions) == wanted
     )
 
 
