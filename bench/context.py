@@ -78,6 +78,9 @@ class Bench:
             completions=f"{base}.completions",
             progress=f"{base}.progress",
             dead_letter=f"{base}.dead-letter",
+            costs=f"{base}.costs",
+            budgets=f"{base}.budgets",
+            spend=f"{base}.spend",
         )
 
     def keys(self, scenario: str, phase: str, count: int) -> list[str]:

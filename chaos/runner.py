@@ -134,7 +134,17 @@ def relay_settings(
     ]
 
 
-_TOPICS = ("requests", "ledger", "webhooks", "completions", "progress", "dead_letter")
+_TOPICS = (
+    "requests",
+    "ledger",
+    "webhooks",
+    "completions",
+    "progress",
+    "dead_letter",
+    "costs",
+    "budgets",
+    "spend",
+)
 
 
 async def run_scenario(

@@ -111,8 +111,30 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class BudgetVerdict:
+    """Whether the key's estimated cost fits its tenant's budget for the period, now (counting
+    what every replica has reserved or spent in it)."""
+
+    fits: bool
+    estimate_usd: float
+    period_start: str
+    when_exceeded: Literal["wait", "fail"]
+    limit_usd: float
+    spent_usd: float
+
+
+@dataclass(frozen=True)
 class SlotGranted:
-    """An in-flight slot is held for the key: it may be posted now."""
+    """An in-flight slot is held for the key: it may be posted now, if its budget (when its
+    tenant has one) allows."""
+
+    budget: BudgetVerdict | None = None
+
+
+@dataclass(frozen=True)
+class BudgetMayFit:
+    """Its tenant's budget was raised, or its spend fell (a new period, a settled cost): a key
+    waiting for budget may ask again."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +314,7 @@ Event = (
     | Ambiguous
     | Refused
     | SlotGranted
+    | BudgetMayFit
     | DeadlinePassed
     | RetryDue
     | Restored
@@ -332,6 +355,11 @@ class AcquireSlot:
     or `DeadlinePassed` at `until` (the request's deadline) if no slot came by then."""
 
     until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AwaitBudget:
+    """Give the slot back and wait, unposted, until the budget may fit (`BudgetMayFit`)."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +460,7 @@ class CancelAtProvider:
 
 Effect = (
     AcquireSlot
+    | AwaitBudget
     | Post
     | PostLater
     | AwaitAdoption
@@ -581,6 +610,19 @@ def _past_deadline(record: LedgerRecord, now: datetime) -> bool:
     return deadline is not None and deadline - now < LEAST_START
 
 
+def _over_budget(record: LedgerRecord, budget: BudgetVerdict, now: datetime) -> Decision:
+    if budget.when_exceeded == "wait":
+        return Decision(None, (AwaitBudget(),))
+    error = ErrorDetail(
+        type="budget_exceeded",
+        message=f"an estimated {budget.estimate_usd:.4f} USD does not fit the tenant's budget:"
+        f" {budget.spent_usd:.4f} of {budget.limit_usd:.4f} USD spent in {budget.period_start};"
+        " nothing was paid",
+        retryable=True,
+    )
+    return _finish(record, Phase.FAILED, "failed", error, now)
+
+
 def _deadline_exceeded(record: LedgerRecord, now: datetime) -> Decision:
     error = ErrorDetail(
         type="deadline_exceeded",
@@ -610,11 +652,19 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
             return _not_sent(record, error, delay, now, policy)
         case DeadlinePassed() if record.phase is Phase.ACCEPTED and _past_deadline(record, now):
             return _deadline_exceeded(record, now)
-        case SlotGranted() if record.phase is Phase.ACCEPTED:
+        case SlotGranted(budget=budget) if record.phase is Phase.ACCEPTED:
             if _past_deadline(record, now):
                 return _deadline_exceeded(record, now)
+            if budget is not None and not budget.fits:
+                return _over_budget(record, budget, now)
             # Written and committed before the POST: from here the key may have been paid for.
-            return _post(record, now, policy, attempts=record.attempts + 1)
+            # The estimate is reserved in the same commit (counted against the budget).
+            charge = {}
+            if budget is not None:
+                charge = {"charged_usd": budget.estimate_usd, "budget_period": budget.period_start}
+            return _post(record, now, policy, attempts=record.attempts + 1, **charge)
+        case BudgetMayFit() if record.phase is Phase.ACCEPTED:
+            return Decision(None, (AcquireSlot(_deadline(record)),))
         case Ambiguous(error=error) if record.phase is Phase.SUBMITTING:
             return _unknown(record, now, policy, last_error=error)
         case Refused(error=error) if record.phase is Phase.SUBMITTING:
@@ -953,7 +1003,9 @@ def _unresolved(record: LedgerRecord, now: datetime, policy: Policy) -> Decision
 def _stored(
     record: LedgerRecord, artifacts: tuple[Artifact, ...], result: Any, now: datetime
 ) -> Decision:
-    stored = record.model_copy(update={"phase": Phase.STORED, "finished_at": now})
+    charged = _settled(record, "succeeded")
+    update = {"phase": Phase.STORED, "finished_at": now, "charged_usd": charged}
+    stored = record.model_copy(update=update)
     event = build_event(stored, "succeeded", None, artifacts, result, now)
     stored = stored.model_copy(update={"event": event, "updated_at": now})
     return Decision(stored, (Publish(event),))
@@ -968,7 +1020,8 @@ def _finish(
     record: LedgerRecord, phase: Phase, status: Status, error: ErrorDetail, now: datetime
 ) -> Decision:
     assert phase in TERMINAL_PHASES
-    ended = record.model_copy(update={"phase": phase, "finished_at": now, "last_error": error})
+    update = {"phase": phase, "finished_at": now, "last_error": error}
+    ended = record.model_copy(update={**update, "charged_usd": _settled(record, status)})
     event = build_event(ended, status, error, (), None, now)
     ended = ended.model_copy(update={"event": event, "updated_at": now})
     return Decision(ended, (Publish(event),))
@@ -1004,6 +1057,17 @@ def build_event(
         replayed=False,
         completed_at=now,
     )
+
+
+def _settled(record: LedgerRecord, status: Status) -> float | None:
+    """What a finished key counts against its budget: its cost when known; else its estimate
+    if the request ran (fal bills what ran), nothing if it never did."""
+    if record.charged_usd is None:
+        return None
+    if (cost := _cost(record)) is not None:
+        return cost
+    ran = record.result is not None or status in ("succeeded", "expired")
+    return record.charged_usd if ran else 0.0
 
 
 def _cost(record: LedgerRecord) -> float | None:

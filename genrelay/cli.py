@@ -10,6 +10,7 @@ genrelay chaos       run fault scenarios and check the invariants held
 genrelay audit       check from fal's billing that every key was paid for once
 genrelay inspect     what happened to one key: its ledger states, event, files, trace
 genrelay dead-letters  list, show and re-drive refused requests
+genrelay budgets     set, list and remove spend caps per tenant
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     dead_letters_cli.add_arguments(
         commands.add_parser("dead-letters", help="list, show and re-drive dead letters")
     )
+    from genrelay.operations import budgets_cli
+
+    budgets_cli.add_arguments(commands.add_parser("budgets", help="spend caps per tenant"))
     return parser
 
 
@@ -91,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from genrelay.operations import dead_letters_cli
 
         return dead_letters_cli.main(args)
+    if args.command == "budgets":
+        from genrelay.operations import budgets_cli
+
+        return budgets_cli.main(args)
     if args.command == "inspect":
         from genrelay.operations import inspect_cli
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from genrelay.schemas.budgets import BudgetRecord
 from genrelay.schemas.completions import CompletionEvent
 from genrelay.schemas.costs import CostRecord
 from genrelay.schemas.progress import ProgressEvent
@@ -29,6 +30,7 @@ SCHEMAS: dict[str, tuple[str, Any]] = {
     "progress.v1.json": ("ProgressEvent", ProgressEvent),
     "webhook-delivery.v1.json": ("WebhookDelivery", WebhookDelivery),
     "cost.v1.json": ("CostRecord", CostRecord),
+    "budget.v1.json": ("BudgetRecord", BudgetRecord),
 }
 
 

@@ -98,6 +98,12 @@ class LedgerRecord(BaseModel):
     inference_seconds: float | None = None
     cost_units: float | None = None
     unit_price: float | None = Field(default=None, description="USD per unit of the endpoint")
+    charged_usd: float | None = Field(
+        default=None,
+        description="what the key counts against its tenant's budget: the estimate reserved"
+        " when it was posted, the cost once it ended (None: no budget applied)",
+    )
+    budget_period: str | None = Field(default=None, description="the period charged: `2026-12`")
     last_error: ErrorDetail | None = None
     retry_at: datetime | None = None
     posted_at: datetime | None = Field(

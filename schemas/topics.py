@@ -16,6 +16,8 @@ class Topics:
     progress: str = "genrelay.progress"
     dead_letter: str = "genrelay.dead-letter"
     costs: str = "genrelay.costs"
+    budgets: str = "genrelay.budgets"
+    spend: str = "genrelay.spend"
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in the order a request flows through them."""
@@ -27,6 +29,8 @@ class Topics:
             self.progress,
             self.dead_letter,
             self.costs,
+            self.budgets,
+            self.spend,
         )
 
 

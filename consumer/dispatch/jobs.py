@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.dispatch.backoff import Pacer, jittered
+from genrelay.consumer.dispatch.budgets import Budgets
 from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.intake.intake import SourceRecord
@@ -74,6 +75,7 @@ class _Actor:
     slot: tuple[str, str | None] | None = None  # (endpoint, tenant) while holding a slot
     polls: int = 0  # status polls since the last news, for their growing interval
     asked: int = 0  # times the provider could not say whether a webhook's request is ours
+    hold: Callable[[], None] | None = None  # releases a budget reservation not yet committed
     closed: bool = False
 
 
@@ -116,8 +118,12 @@ class Jobs:
         policy: lc.Policy,
         timing: Timing,
         on_crash: Callable[[BaseException], None],
+        budgets: Budgets | None = None,
     ) -> None:
         self._ledger = ledger
+        self._budgets = budgets
+        # Keys waiting for their tenant's budget, by tenant (unposted, slot given back).
+        self._parked: dict[str, set[str]] = {}
         self._steps = steps
         self._slots = slots
         self._tracer = observers.tracer
@@ -189,6 +195,19 @@ class Jobs:
     def active(self) -> int:
         return len(self._actors)
 
+    def waiting_for_budget(self) -> dict[str, int]:
+        return {tenant: len(keys) for tenant, keys in self._parked.items() if keys}
+
+    def budget_changed(self, tenant: str | None = None) -> None:
+        """Keys waiting for budget ask again: `tenant`'s, or every tenant's (spend fell, a new
+        period began)."""
+        tenants = list(self._parked) if tenant is None else [tenant]
+        for name in tenants:
+            for key in self._parked.pop(name, set()):
+                actor = self._actors.get(key)
+                if actor is not None and not actor.closed:
+                    self._deliver_internal(actor, lc.BudgetMayFit())
+
     def phases(self) -> dict[str, int]:
         """How many owned keys are in each open phase (for health and metrics)."""
         counts: dict[str, int] = {}
@@ -252,31 +271,63 @@ class Jobs:
                 self._metrics.duplicate_suppressed()
             elif source is not None:
                 event = self._traced(actor.key, event, source)
-        decision = lc.decide(record, event, actor.key, _now(), self._policy)
-        if isinstance(event, lc.StepFailed) and decision.record is not None:
-            self._metrics.step_failed(event.step, exhausted=decision.record.terminal)
-        if isinstance(event, lc.HistorySearched) and decision.record is not None:
-            self._count_reconciled(record, decision.record)
-        decision = self._granted_at_once(actor, decision)
-        if (built := _announcing(decision)) is not None:
-            # The outcome, its event and the note that it was announced commit together.
-            self._cancel_slot_wait(actor)
-            await self._publish(actor, *built)
-            return
+        if isinstance(event, lc.SlotGranted) and record is not None:
+            event = await self._with_budget(actor, record, event)
+        try:
+            decision = lc.decide(record, event, actor.key, _now(), self._policy)
+            self._count(event, record, decision)
+            decision = await self._granted_at_once(actor, decision)
+            if (built := _announcing(decision)) is not None:
+                # The outcome, its event and the note that it was announced commit together.
+                self._cancel_slot_wait(actor)
+                await self._publish(actor, *built)
+                return
+            if decision.record is not None:
+                decision = await self._write(actor, decision)
+        finally:
+            # A reservation is counted by its committed state from here (or was not made).
+            self._release_hold(actor)
         if decision.record is not None:
-            decision = await self._write(actor, decision)
-            assert decision.record is not None
             if isinstance(event, lc.Accepted) and decision.record.phase is Phase.SUBMITTED:
                 failpoints.reached("after_submitted")
             if decision.record.terminal:
                 self._release_slot(actor)
                 self._cancel_timer(actor)  # a pending poll or retry has nothing left to do
                 self._cancel_slot_wait(actor)
+                self._unpark(actor)
         elif isinstance(event, lc.SlotGranted):
             self._release_slot(actor)  # granted to a key that no longer needs it (cancelled)
         durable()
         for effect in decision.effects:
             await self._perform(actor, effect, source)
+
+    def _count(self, event: lc.Event, before: LedgerRecord | None, decision: lc.Decision) -> None:
+        after = decision.record
+        if isinstance(event, lc.StepFailed) and after is not None:
+            self._metrics.step_failed(event.step, exhausted=after.terminal)
+        if isinstance(event, lc.HistorySearched) and after is not None:
+            self._count_reconciled(before, after)
+        if isinstance(event, lc.SlotGranted) and (verdict := event.budget) and not verdict.fits:
+            tenant = before.request.tenant or "" if before else ""
+            self._metrics.budget_refused(tenant, waits=verdict.when_exceeded == "wait")
+
+    async def _with_budget(
+        self, actor: _Actor, record: LedgerRecord, granted: lc.SlotGranted
+    ) -> lc.SlotGranted:
+        """The grant with its budget verdict; a reservation that fits is held until its state
+        is committed (so keys granted meanwhile count it)."""
+        if self._budgets is None or record.phase is not Phase.ACCEPTED or granted.budget:
+            return granted
+        verdict = await self._budgets.verdict(record, _now())
+        if verdict is not None and verdict.fits:
+            account = (record.request.tenant or "", verdict.period_start)
+            actor.hold = self._budgets.spend.hold(account, verdict.estimate_usd)
+        return lc.SlotGranted(verdict)
+
+    def _release_hold(self, actor: _Actor) -> None:
+        if actor.hold is not None:
+            actor.hold()
+            actor.hold = None
 
     def _count_reconciled(self, before: LedgerRecord | None, after: LedgerRecord) -> None:
         if after.phase is Phase.SUBMITTED:
@@ -284,7 +335,7 @@ class Jobs:
         elif before is not None and after.proven_absent > before.proven_absent:
             self._metrics.reconciled("reposted")
 
-    def _granted_at_once(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
+    async def _granted_at_once(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
         """A key that would wait for a slot while one is free takes it now: its `ACCEPTED`
         state is never written alone, `SUBMITTING` (one commit, not two) supersedes it."""
         accepted = decision.record
@@ -294,7 +345,13 @@ class Jobs:
         if actor.closed or not self._slots.try_acquire(accepted.endpoint, _tenant(accepted)):
             return decision
         self._note_slot(actor, accepted)
-        return lc.decide(accepted, lc.SlotGranted(), actor.key, _now(), self._policy)
+        granted = await self._with_budget(actor, accepted, lc.SlotGranted())
+        decision = lc.decide(accepted, granted, actor.key, _now(), self._policy)
+        self._count(granted, accepted, decision)
+        if decision.record is None:
+            # It waits for budget: the new key's state is written all the same.
+            return lc.Decision(accepted, decision.effects)
+        return decision
 
     async def _write(self, actor: _Actor, decision: lc.Decision) -> lc.Decision:
         """Commit the decided state; one too large to store ends the key with what fits."""
@@ -335,6 +392,10 @@ class Jobs:
                 if until is not None:
                     # No slot by the deadline: the key ends then, unpaid.
                     self._schedule(actor, _seconds_until(until), lc.DeadlinePassed())
+            case lc.AwaitBudget():
+                assert record is not None
+                self._release_slot(actor)
+                self._park(actor, record.request.tenant or "")
             case lc.Post(start_by=start_by):
                 await self._submit(actor, start_by)
             case lc.PostLater(at=at):
@@ -543,7 +604,15 @@ class Jobs:
         if idle and (record is None or (record.terminal and record.published)):
             self._drop(actor)
 
+    def _park(self, actor: _Actor, tenant: str) -> None:
+        self._parked.setdefault(tenant, set()).add(actor.key)
+
+    def _unpark(self, actor: _Actor) -> None:
+        for keys in self._parked.values():
+            keys.discard(actor.key)
+
     def _drop(self, actor: _Actor) -> None:
+        self._unpark(actor)
         self._cancel_timer(actor)
         self._cancel_slot_wait(actor)
         self._release_slot(actor)

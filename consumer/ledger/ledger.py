@@ -23,6 +23,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
+from genrelay.consumer.ledger.spend import SpendBook
 from genrelay.consumer.ledger.state_store import PartitionStore, StoredState
 from genrelay.schemas.ledger import TERMINAL_PHASES, LedgerRecord
 
@@ -111,8 +112,16 @@ def _finished(record: LedgerRecord) -> bool:
 class Ledger:
     """The owned ledger partitions: open keys in memory, finished keys in local stores."""
 
-    def __init__(self, writers: Writers, bootstrap: str, topic: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        writers: Writers,
+        bootstrap: str,
+        topic: str,
+        state_dir: Path,
+        spend: SpendBook | None = None,
+    ) -> None:
         self._writers = writers
+        self.spend = spend
         self._bootstrap = bootstrap
         self.topic = topic
         self._state_dir = state_dir
@@ -151,7 +160,19 @@ class Ledger:
         finished, updated = _finished(record), record.updated_at.timestamp()
         headers = state_headers(finished, updated)
         state = Outgoing(self.topic, value, key.encode(), partition, headers)
-        offsets = await self._writers.get(partition).write(state, *also)
+        # What the key counts against its budget moves with its state, in one transaction.
+        charge = (
+            None
+            if self.spend is None
+            else self.spend.charge(self._open.get(key), record, partition)
+        )
+        spent = charge.records if charge is not None else ()
+        try:
+            offsets = await self._writers.get(partition).write(state, *also, *spent)
+        except BaseException:
+            if charge is not None:
+                charge.undo()
+            raise
         self._advance(partition, offsets[0] + 1)
         if finished and (store := self._stores.get(partition)) is not None:
             store.put_many([StoredState(key, updated, True, value)])
@@ -181,7 +202,10 @@ class Ledger:
 
     def release(self, partitions: Iterable[int]) -> None:
         """Let partitions go: their stores keep every key and a checkpoint for next time."""
-        for partition in set(partitions):
+        partitions = set(partitions)
+        if self.spend is not None:
+            self.spend.release(partitions)
+        for partition in partitions:
             keys = self.keys_in(partition)
             store = self._stores.pop(partition, None)
             if store is not None:
@@ -259,6 +283,8 @@ class Ledger:
                 store.clear()  # nothing in it can be trusted: rebuild it from the topic
                 await consumer.seek_to_beginning(tp)
         read = await self._read(consumer, readings)
+        if self.spend is not None:
+            await self.spend.load(tp.partition for tp in wanted)
         keys = 0
         for tp, reading in readings.items():
             reading.flush()

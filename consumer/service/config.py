@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     topic_costs: str = Field(
         "genrelay.costs", description="what fal billed each key (compacted; `genrelay audit`)"
     )
+    topic_budgets: str = Field(
+        "genrelay.budgets", description="spend caps per tenant (compacted; `genrelay budgets`)"
+    )
+    topic_spend: str = Field(
+        "genrelay.spend", description="each partition's spend per tenant and period (compacted)"
+    )
     extra_input_topics: list[str] = Field(
         default_factory=list, description="further topics whose records are re-keyed into requests"
     )
@@ -310,6 +316,8 @@ class Settings(BaseSettings):
             progress=self.topic_progress,
             dead_letter=self.topic_dead_letter,
             costs=self.topic_costs,
+            budgets=self.topic_budgets,
+            spend=self.topic_spend,
         )
 
     @property

@@ -11,6 +11,8 @@ Series, as Prometheus sees them (all `genrelay_`):
     jobs{phase}                         in_flight, in_flight_per_endpoint{endpoint},
     outcomes_total{status,endpoint}       in_flight_per_tenant{tenant}
     waiting_per_tenant{tenant}          share_per_tenant{tenant}
+    budget_usd{tenant}                  period_spend_usd{tenant}
+    budget_waiting{tenant}              budget_refusals_total{tenant,outcome}
     submissions_total{endpoint}         submit_retries_total{endpoint}
     ambiguous_submits_total{endpoint}   duplicates_suppressed_total, replays_total
     resolutions_total{source}           dead_letters_total{reason}
@@ -82,6 +84,9 @@ class GaugeSources:
     in_flight_by_tenant: Callable[[], Mapping[str, int]] | None = None
     waiting_by_tenant: Callable[[], Mapping[str, int]] | None = None
     share_by_tenant: Callable[[], Mapping[str, float]] | None = None
+    budget_waiting_by_tenant: Callable[[], Mapping[str, int]] | None = None
+    period_spend_by_tenant: Callable[[], Mapping[str, float]] | None = None
+    budget_by_tenant: Callable[[], Mapping[str, float]] | None = None
     uncommitted_offsets: Callable[[], Mapping[TopicPartitionKey, int]] | None = None
     oldest_in_flight_age: Callable[[], Mapping[TopicPartitionKey, float]] | None = None
 
@@ -184,6 +189,11 @@ class RelayMetrics:
             "genrelay.fenced_partitions",
             description="partitions this replica lost because a newer owner fenced it",
         )
+        self._budget_refusals = meter.create_counter(
+            "genrelay.budget_refusals",
+            description="keys whose estimate did not fit their tenant's budget, by outcome"
+            " (wait: waiting unposted; fail: ended budget_exceeded unpaid)",
+        )
         self._queue_time = meter.create_histogram(
             "genrelay.queue.duration",
             unit="s",
@@ -281,6 +291,16 @@ class RelayMetrics:
             read = _by("tenant", sources.share_by_tenant)
             help_ = "each active tenant's share of the slots (its weight over the active ones')"
             gauge("genrelay.share_per_tenant", help_, read)
+        if sources.budget_waiting_by_tenant is not None:
+            read = _by("tenant", sources.budget_waiting_by_tenant)
+            gauge("genrelay.budget_waiting", "keys waiting, unposted, for their budget", read)
+        if sources.period_spend_by_tenant is not None:
+            read = _by("tenant", sources.period_spend_by_tenant)
+            help_ = "spend of budgeted tenants in the current period (every replica's), USD"
+            gauge("genrelay.period_spend_usd", help_, read)
+        if sources.budget_by_tenant is not None:
+            read = _by("tenant", sources.budget_by_tenant)
+            gauge("genrelay.budget_usd", "each budgeted tenant's budget for the period", read)
         if sources.uncommitted_offsets is not None:
             read = _per_partition(sources.uncommitted_offsets)
             help_ = "offsets between the commit point and the newest record taken"
@@ -351,6 +371,10 @@ class RelayMetrics:
     def foreign_webhook(self) -> None:
         """A webhook through our URL named another account's request; it was not adopted."""
         self._foreign_webhooks.add(1)
+
+    def budget_refused(self, tenant: str, *, waits: bool) -> None:
+        """A key's estimate did not fit its tenant's budget: it waits, or it failed unpaid."""
+        self._budget_refusals.add(1, {"tenant": tenant, "outcome": "wait" if waits else "fail"})
 
     def fenced(self) -> None:
         """A newer owner fenced one of this replica's partitions."""

@@ -34,6 +34,7 @@ from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.artifacts.files import Downloader, DownloadPolicy
 from genrelay.consumer.artifacts.object_store import MinioStore
 from genrelay.consumer.artifacts.results import ResultFiles
+from genrelay.consumer.dispatch.budgets import Budgets
 from genrelay.consumer.dispatch.jobs import Jobs, Timing
 from genrelay.consumer.dispatch.partitions import Ownership, OwnershipConfig
 from genrelay.consumer.dispatch.slots import Slots
@@ -44,6 +45,7 @@ from genrelay.consumer.intake.intake import Command, Refuse, Rekey, SourceRecord
 from genrelay.consumer.intake.offsets import PartitionOffsets
 from genrelay.consumer.ledger.ledger import Ledger, RestoreStats
 from genrelay.consumer.ledger.partition_writer import Outgoing, Writers
+from genrelay.consumer.ledger.spend import SpendBook
 from genrelay.consumer.provider.fal import FalProvider
 from genrelay.consumer.provider.fal_platform import FalPlatform
 from genrelay.consumer.provider.http_transport import pooled_client
@@ -67,6 +69,8 @@ from genrelay.schemas.topics import partition_for
 from genrelay.schemas.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
+# How often keys waiting for budget ask again when nothing told them to.
+BUDGET_TICK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,14 @@ class Relay:
         )
         self.writers = Writers()
         self._state_dir = _state_dir(settings)
+        # Spend per tenant and period moves with the ledger's states (see ledger/spend.py).
+        self.spend = SpendBook(settings.kafka_bootstrap, self.topics.spend)
         self.ledger = Ledger(
-            self.writers, settings.kafka_bootstrap, self.topics.ledger, self._state_dir.path
+            self.writers,
+            settings.kafka_bootstrap,
+            self.topics.ledger,
+            self._state_dir.path,
+            spend=self.spend,
         )
         self.tracer_provider = setup_tracing(
             settings.service_name, settings.otlp_endpoint, exporter=span_exporter
@@ -184,6 +194,7 @@ class Relay:
             # A few searches per lag: an arrived request is adopted soon after it is listed.
             history_search_interval=min(30.0, max(1.0, settings.history_lag_seconds / 4)),
         )
+        prices = Prices(self.platform, settings.prices)
         steps = Steps(
             provider=self.provider,
             files=files,
@@ -192,8 +203,9 @@ class Relay:
             observers=observers,
             backoff=lambda attempt: self.jobs.backoff(attempt),
             history=self.platform if settings.reconcile_from_history else None,
-            prices=Prices(self.platform, settings.prices),
+            prices=prices,
         )
+        self.budgets = Budgets(settings.kafka_bootstrap, self.topics.budgets, self.spend, prices)
         self.jobs = Jobs(
             ledger=self.ledger,
             steps=steps,
@@ -203,7 +215,11 @@ class Relay:
             policy=settings.policy,
             timing=timing,
             on_crash=self._crashed,
+            budgets=self.budgets,
         )
+        # A raised budget frees its tenant's waiting keys at once; spend that fell (read from
+        # other replicas, or a new period) frees everyone's at the next budget tick.
+        self.budgets.on_change = self.jobs.budget_changed
         self.receiver = (
             WebhookReceiver(
                 tokens=self._tokens,
@@ -263,6 +279,11 @@ class Relay:
             in_flight_by_tenant=lambda: self.slots.by_tenant(),
             waiting_by_tenant=lambda: self.slots.waiting_by_tenant(),
             share_by_tenant=lambda: self.slots.shares(),
+            budget_waiting_by_tenant=lambda: self.jobs.waiting_for_budget(),
+            period_spend_by_tenant=lambda: {
+                t: spent for t, (spent, _) in self.budgets.period_spend().items()
+            },
+            budget_by_tenant=lambda: {t: b.usd for t, b in self.budgets.all().items()},
             uncommitted_offsets=lambda: {
                 (tp.topic, tp.partition): t.span for tp, t in self._offsets.items()
             },
@@ -356,6 +377,7 @@ class Relay:
                 group.create_task(self._poll_loop(consumer))
                 group.create_task(self._commit_loop(consumer))
                 group.create_task(self._sweep_loop())
+                group.create_task(self._budget_loop())
         finally:
             await self._drain(consumer)
         if self._fatal is not None:
@@ -623,6 +645,23 @@ class Relay:
         }
         if points:
             await consumer.commit(points)
+
+    async def _budget_loop(self) -> None:
+        """Follow the budgets and the other replicas' spend; every few seconds, let keys that
+        wait for budget ask again (spend falls when costs settle and when a period begins)."""
+        followers = [
+            asyncio.get_running_loop().create_task(self.budgets.follow()),
+            asyncio.get_running_loop().create_task(self.spend.follow()),
+        ]
+        try:
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=BUDGET_TICK_SECONDS)
+                self.jobs.budget_changed()
+        finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
 
     async def _sweep_loop(self) -> None:
         window = timedelta(days=self.settings.dedup_window_days)

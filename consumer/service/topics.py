@@ -10,6 +10,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from genrelay.consumer.service.config import Settings
+from genrelay.schemas.topics import Topics
 
 _MAX_MESSAGE = "max.message.bytes"
 _KAFKA_DEFAULT = 1024 * 1024 + 12
@@ -27,17 +28,22 @@ async def ensure_topics(settings: Settings) -> int:
     try:
         if settings.create_topics:
             await _create(admin, settings)
-        counts = await _partition_counts(admin, [topics.requests, topics.ledger, topics.webhooks])
+        keyed = [topics.requests, topics.ledger, topics.webhooks, topics.spend]
+        counts = await _partition_counts(admin, keyed)
+        # Read before anything is posted: a missing one would hold every key back.
+        followed = await _partition_counts(admin, [topics.budgets])
         if not any(count == 0 for count in counts.values()):
             await _check_record_limits(admin, settings)
     finally:
         await admin.close()
-    missing = sorted(name for name, count in counts.items() if count == 0)
+    missing = sorted(name for name, count in {**counts, **followed}.items() if count == 0)
     if missing:
         raise TopicLayoutError(f"topics missing (create them, or set create_topics): {missing}")
     if len(set(counts.values())) != 1:
         # Keyed co-partitioning is what lets one replica own every fact about a key.
-        raise TopicLayoutError(f"requests, ledger and webhooks need equal partitions: {counts}")
+        raise TopicLayoutError(
+            f"requests, ledger, webhooks and spend need equal partitions: {counts}"
+        )
     return next(iter(counts.values()))
 
 
@@ -75,6 +81,11 @@ async def _check_record_limits(admin: AIOKafkaAdminClient, settings: Settings) -
         )
 
 
+def _keyed_state(topics: Topics) -> tuple[str, ...]:
+    """The topics whose latest record per key is all that matters: compacted."""
+    return (topics.ledger, topics.costs, topics.budgets, topics.spend)
+
+
 async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:
     topics = settings.topics
     compacted = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
@@ -85,7 +96,7 @@ async def _create(admin: AIOKafkaAdminClient, settings: Settings) -> None:
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            topic_configs={**sized, **(compacted if name in (topics.ledger, topics.costs) else {})},
+            topic_configs={**sized, **(compacted if name in _keyed_state(topics) else {})},
         )
         for name in topics.all()
     ]

@@ -28,6 +28,8 @@ completions=${GENRELAY_TOPIC_COMPLETIONS:-genrelay.completions}
 progress=${GENRELAY_TOPIC_PROGRESS:-genrelay.progress}
 dead_letter=${GENRELAY_TOPIC_DEAD_LETTER:-genrelay.dead-letter}
 costs=${GENRELAY_TOPIC_COSTS:-genrelay.costs}
+budgets=${GENRELAY_TOPIC_BUDGETS:-genrelay.budgets}
+spend=${GENRELAY_TOPIC_SPEND:-genrelay.spend}
 
 client=(--bootstrap-server "$bootstrap")
 if [[ -n ${KAFKA_COMMAND_CONFIG:-} ]]; then
@@ -64,10 +66,12 @@ create "$completions"
 create "$progress"
 create "$dead_letter"
 create "$costs" --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1
+create "$budgets" --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1
+create "$spend" --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.1
 
-# Keys are co-partitioned across these three: each must have exactly GENRELAY_PARTITIONS.
+# Keys are co-partitioned across these four: each must have exactly GENRELAY_PARTITIONS.
 status=0
-for name in "$requests" "$ledger" "$webhooks"; do
+for name in "$requests" "$ledger" "$webhooks" "$spend"; do
   described=$(topics --describe --topic "$name")
   header=$(grep -m1 'PartitionCount' <<<"$described" || true)
   count=$(sed -n 's/.*PartitionCount: *\([0-9][0-9]*\).*/\1/p' <<<"$header")

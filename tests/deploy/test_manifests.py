@@ -840,7 +840,7 @@ def test_topic_script_creates_every_topic(tmp_path: Path) -> None:
         assert "--if-not-exists" in call
         assert "--partitions 6 --replication-factor 1" in call
         compacted = "--config cleanup.policy=compact" in call
-        keyed_state = (default_of("topic_ledger"), default_of("topic_costs"))
+        keyed_state = [default_of(f"topic_{t}") for t in ("ledger", "costs", "budgets", "spend")]
         assert compacted == any(f"--topic {name} " in call for name in keyed_state)
     assert all("--bootstrap-server kafka:19092" in call for call in calls)
 

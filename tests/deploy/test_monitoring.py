@@ -30,6 +30,9 @@ def exported() -> set[str]:
             in_flight_by_tenant=lambda: {"ops": 1},
             waiting_by_tenant=lambda: {"ops": 1},
             share_by_tenant=lambda: {"ops": 1.0},
+            budget_waiting_by_tenant=lambda: {"ops": 0},
+            period_spend_by_tenant=lambda: {"ops": 0.5},
+            budget_by_tenant=lambda: {"ops": 1.0},
             uncommitted_offsets=lambda: partition,
             oldest_in_flight_age=lambda: {("genrelay.requests", 0): 1.0},
         )
@@ -37,6 +40,7 @@ def exported() -> set[str]:
     try:
         metrics.job_timings("fal-ai/flux/schnell", queued_seconds=1.0, run_seconds=1.0)
         metrics.spent(0.01, "fal-ai/flux/schnell", "ops")
+        metrics.budget_refused("ops", waits=True)
         text = generate_latest(metrics.registry).decode()
     finally:
         metrics.shutdown()

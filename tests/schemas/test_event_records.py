@@ -151,5 +151,7 @@ def test_topics_list_every_default_name_once() -> None:
         "genrelay.progress",
         "genrelay.dead-letter",
         "genrelay.costs",
+        "genrelay.budgets",
+        "genrelay.spend",
     )
     assert Topics(requests="team.requests").all()[0] == "team.requests"

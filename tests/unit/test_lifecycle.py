@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -297,6 +298,10 @@ MOVES = st.lists(
             "poll_finished",
             "account_ours",
             "account_unasked",
+            "slot_over_budget_wait",
+            "slot_over_budget_fail",
+            "slot_within_budget",
+            "budget_may_fit",
         ]
     ),
     max_size=40,
@@ -361,6 +366,16 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         elif move == "slot" and slot_due:
             slot_due = False
             apply(lc.SlotGranted())
+        elif move.startswith("slot_") and slot_due:
+            slot_due = False
+            budgets = {
+                "slot_over_budget_wait": verdict(False, "wait"),
+                "slot_over_budget_fail": verdict(False, "fail"),
+                "slot_within_budget": verdict(True),
+            }
+            apply(lc.SlotGranted(budgets[move]))
+        elif move == "budget_may_fit":
+            apply(lc.BudgetMayFit())
         elif move.startswith("post_") and post_due:
             post_due = False
             if move in ("post_ok", "post_ambiguous"):
@@ -894,3 +909,57 @@ def test_a_webhooks_request_is_adopted_once_our_account_knows_it_and_asked_again
     assert step(record, lc.AccountChecked(news, ours=None))[1].effects == (lc.AskAgain(news),)
     # Once the key has moved on, an unanswered question is moot.
     assert step(adopted, lc.AccountChecked(news, ours=None))[1] == lc.NOTHING
+
+
+# --- budgets: a reservation with the intent to POST, settled when the key ends ---------------
+
+
+def verdict(fits: bool, when: Literal["wait", "fail"] = "fail") -> lc.BudgetVerdict:
+    return lc.BudgetVerdict(fits, 0.25, "2026-11", when, limit_usd=1.0, spent_usd=0.9)
+
+
+def test_a_key_that_fits_its_budget_reserves_its_estimate_with_its_intent_to_post() -> None:
+    waiting, _ = step(None, SUBMIT)
+    posting_now, decision = step(waiting, lc.SlotGranted(verdict(True)))
+    assert posting_now is not None
+    assert posting_now.phase is Phase.SUBMITTING
+    assert (posting_now.charged_usd, posting_now.budget_period) == (0.25, "2026-11")
+    assert isinstance(decision.effects[0], lc.Post)
+    no_budget, _ = step(waiting, lc.SlotGranted())
+    assert no_budget is not None
+    assert no_budget.charged_usd is None
+
+
+def test_a_key_over_budget_fails_unpaid_or_waits_unposted_by_the_tenants_policy() -> None:
+    waiting, _ = step(None, SUBMIT)
+    refused, decision = step(waiting, lc.SlotGranted(verdict(False, "fail")))
+    assert refused is not None
+    assert refused.phase is Phase.FAILED
+    assert refused.last_error is not None
+    assert refused.last_error.type == "budget_exceeded"
+    assert refused.attempts == 0
+    assert not any(isinstance(e, lc.Post) for e in decision.effects)
+    waits = lc.decide(waiting, lc.SlotGranted(verdict(False, "wait")), KEY, NOW)
+    assert waits == lc.Decision(None, (lc.AwaitBudget(),))
+    assert lc.decide(waiting, lc.BudgetMayFit(), KEY, NOW).effects == (lc.AcquireSlot(None),)
+    # A cancel while waiting for budget ends the key, still unposted.
+    cancelled, _ = step(waiting, lc.CancelCommand())
+    assert cancelled is not None
+    assert cancelled.phase is Phase.CANCELLED
+
+
+def test_a_reservation_is_settled_to_the_cost_or_released_when_nothing_ran() -> None:
+    waiting, _ = step(None, SUBMIT)
+    posting_now, _ = step(waiting, lc.SlotGranted(verdict(True)))
+    at_provider, _ = step(posting_now, lc.Accepted(JOB))
+    priced = lc.News(request_id="req-1", ok=True, payload=OUTPUT, cost_units=2, unit_price=0.1)
+    ready, _ = step(at_provider, priced)
+    stored, _ = step(ready, lc.FilesStored((ARTIFACT,), OUTPUT))
+    assert stored is not None
+    assert stored.charged_usd == pytest.approx(0.2)  # the cost, not the estimate
+    failed, _ = step(at_provider, lc.News(request_id="req-1", ok=False, error=ERROR))
+    assert failed is not None
+    assert failed.charged_usd == 0.0  # it never ran: fal bills nothing
+    refused, _ = step(posting_now, lc.Refused(ERROR))
+    assert refused is not None
+    assert refused.charged_usd == 0.0
