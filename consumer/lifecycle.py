@@ -121,6 +121,7 @@ class BudgetVerdict:
     when_exceeded: Literal["wait", "fail"]
     limit_usd: float
     spent_usd: float
+    unpriced: bool = False  # no price is known for the endpoint: nothing can be reserved
 
 
 @dataclass(frozen=True)
@@ -613,11 +614,16 @@ def _past_deadline(record: LedgerRecord, now: datetime) -> bool:
 def _over_budget(record: LedgerRecord, budget: BudgetVerdict, now: datetime) -> Decision:
     if budget.when_exceeded == "wait":
         return Decision(None, (AwaitBudget(),))
+    spent = f"{budget.spent_usd:.4f} of {budget.limit_usd:.4f} USD spent in {budget.period_start}"
+    why = (
+        f"no price is known for {record.endpoint}, so nothing can be reserved against the"
+        " tenant's budget"
+        if budget.unpriced
+        else f"an estimated {budget.estimate_usd:.4f} USD does not fit the tenant's budget"
+    )
     error = ErrorDetail(
         type="budget_exceeded",
-        message=f"an estimated {budget.estimate_usd:.4f} USD does not fit the tenant's budget:"
-        f" {budget.spent_usd:.4f} of {budget.limit_usd:.4f} USD spent in {budget.period_start};"
-        " nothing was paid",
+        message=f"{why} ({spent}); nothing was paid",
         retryable=True,
     )
     return _finish(record, Phase.FAILED, "failed", error, now)

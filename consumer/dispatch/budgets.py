@@ -71,7 +71,9 @@ class Budgets:
             log.warning(
                 "no price known for %s: its keys cannot be fitted to a budget", record.endpoint
             )
-            return lc.BudgetVerdict(False, 0.0, start, budget.when_exceeded, budget.usd, spent)
+            return lc.BudgetVerdict(
+                False, 0.0, start, budget.when_exceeded, budget.usd, spent, unpriced=True
+            )
         estimate = round(price * _units(record.request.input), 9)
         fits = spent + estimate <= budget.usd + 1e-9
         return lc.BudgetVerdict(fits, estimate, start, budget.when_exceeded, budget.usd, spent)

@@ -69,6 +69,9 @@ def openapi_document(*, webhooks: bool) -> dict[str, Any]:
                             "in_flight": {"type": "integer", "minimum": 0},
                             "waiting": {"type": "integer", "minimum": 0},
                             "share": {"type": "number", "minimum": 0, "maximum": 1},
+                            "budget_waiting": {"type": "integer", "minimum": 0},
+                            "spent_usd": {"type": ["number", "null"]},
+                            "budget_usd": {"type": ["number", "null"]},
                         }
                     ),
                 },

@@ -313,9 +313,18 @@ class Relay:
 
     def _tenant_shares(self) -> dict[str, TenantShare]:
         held, waiting = self.slots.by_tenant(), self.slots.waiting_by_tenant()
+        shares = self.slots.shares()
+        parked = self.jobs.waiting_for_budget()
+        budgets = self.budgets.period_spend()
         return {
-            tenant: TenantShare(held.get(tenant, 0), waiting.get(tenant, 0), share)
-            for tenant, share in self.slots.shares().items()
+            tenant: TenantShare(
+                held.get(tenant, 0),
+                waiting.get(tenant, 0),
+                shares.get(tenant, 0.0),
+                parked.get(tenant, 0),
+                *budgets.get(tenant, (None, None)),
+            )
+            for tenant in sorted({*shares, *parked, *budgets})
         }
 
     def _download_policy(self) -> DownloadPolicy:

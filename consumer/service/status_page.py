@@ -30,6 +30,9 @@ class TenantShare:
     in_flight: int
     waiting: int
     share: float  # of the slots, among the tenants holding or waiting for some
+    budget_waiting: int = 0  # keys waiting, unposted, for the tenant's budget
+    spent_usd: float | None = None  # in the budget's current period, every replica's
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True)

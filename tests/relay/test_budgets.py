@@ -100,7 +100,9 @@ async def test_a_raised_budget_releases_the_keys_waiting_for_it(
         records = [(k.encode(), submit_record(k, k, tenant="patient")) for k in keys]
         await produce(stack.kafka_bootstrap, settings.topic_requests, records)
         await eventually(lambda: live.relay.jobs.waiting_for_budget() == {"patient": 2}, timeout=60)
-        assert _posted(emulator, "patient-") == 2
+        # The two that fit were committed before the others were refused; their POSTs follow.
+        await eventually(lambda: _posted(emulator, "patient-") == 2, timeout=60)
+        assert live.relay.jobs.waiting_for_budget() == {"patient": 2}
 
         await _budget(settings, monkeypatch, "patient", 4 * PRICE, "wait")
         async with TopicReader(stack.kafka_bootstrap, settings.topic_completions) as reader:

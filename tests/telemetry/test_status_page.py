@@ -44,7 +44,10 @@ SNAPSHOT = StatusSnapshot(
     in_flight=17,
     by_phase={"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
     by_endpoint={"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
-    by_tenant={"shop": TenantShare(3, 0, 0.75), "": TenantShare(14, 120, 0.25)},
+    by_tenant={
+        "shop": TenantShare(3, 0, 0.75, 2, spent_usd=9.5, budget_usd=10.0),
+        "": TenantShare(14, 120, 0.25),
+    },
     rates={"succeeded": 2.5, "failed": 0.05},
     completions=(Outcome("order-42/hero", "succeeded", "fal-ai/flux/schnell", FINISHED, 12_400),),
     # A key is whatever a producer sent: the page must show it, never interpret it.
@@ -77,8 +80,22 @@ async def test_status_json_reflects_the_snapshot() -> None:
         "by_phase": {"SUBMITTED": 11, "UNKNOWN": 2, "RESULT_READY": 4},
         "by_endpoint": {"fal-ai/flux/schnell": 13, "fal-ai/veo3": 4},
         "by_tenant": {
-            "shop": {"in_flight": 3, "waiting": 0, "share": 0.75},
-            "": {"in_flight": 14, "waiting": 120, "share": 0.25},
+            "shop": {
+                "in_flight": 3,
+                "waiting": 0,
+                "share": 0.75,
+                "budget_waiting": 2,
+                "spent_usd": 9.5,
+                "budget_usd": 10.0,
+            },
+            "": {
+                "in_flight": 14,
+                "waiting": 120,
+                "share": 0.25,
+                "budget_waiting": 0,
+                "spent_usd": None,
+                "budget_usd": None,
+            },
         },
         "rates": {"succeeded": 2.5, "failed": 0.05},
         "completions": [
@@ -162,6 +179,7 @@ async def test_a_browser_renders_the_snapshot(
     assert re.search(r"<td>fal-ai/flux/schnell</td><td[^>]*>13</td>", dom)
     assert re.search(r"<td>succeeded</td><td[^>]*>2.50</td>", dom)
     assert re.search(r"<td>shop</td><td[^>]*>3</td><td[^>]*>0</td><td[^>]*>75 %</td>", dom)
+    assert re.search(r"<td[^>]*>\$9.50 / \$10.00</td><td[^>]*>2</td>", dom)
     assert re.search(r"<td>\(none\)</td><td[^>]*>14</td><td[^>]*>120</td>", dom)
     assert "order-42/hero" in dom
     assert "12.4 s" in dom

@@ -963,3 +963,12 @@ def test_a_reservation_is_settled_to_the_cost_or_released_when_nothing_ran() -> 
     refused, _ = step(posting_now, lc.Refused(ERROR))
     assert refused is not None
     assert refused.charged_usd == 0.0
+
+
+def test_a_key_whose_price_is_unknown_cannot_be_fitted_and_says_why() -> None:
+    waiting, _ = step(None, SUBMIT)
+    unpriced = lc.BudgetVerdict(False, 0.0, "2026-11", "fail", 1.0, 0.0, unpriced=True)
+    refused, _ = step(waiting, lc.SlotGranted(unpriced))
+    assert refused is not None
+    assert refused.last_error is not None
+    assert refused.last_error.message.startswith("no price is known for fal-ai/flux/schnell")
