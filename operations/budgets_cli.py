@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from genrelay.consumer.service.config import Settings
-from genrelay.producers.addresses import look_up, require_reachable
+from genrelay.producers.addresses import reachable_kafka
 from genrelay.producers.errors import BrokerError, UnreachableError
 from genrelay.producers.kafka import read_topic
 from genrelay.schemas.base import from_json_bytes, to_json_bytes
@@ -60,10 +60,9 @@ def main(args: argparse.Namespace) -> int:
 async def command(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
-        found = look_up("kafka_bootstrap", args.bootstrap, flag_name="--bootstrap")
-        await require_reachable("kafka_bootstrap", found)
+        bootstrap = await reachable_kafka(args.bootstrap)
         if args.budgets_command == "list":
-            return await _list(found.value, settings, as_json=args.json)
+            return await _list(bootstrap, settings, as_json=args.json)
         if args.budgets_command == "set":
             budget = BudgetRecord(
                 tenant=args.tenant,
@@ -72,9 +71,9 @@ async def command(args: argparse.Namespace) -> int:
                 when_exceeded=args.when_exceeded,
                 set_at=datetime.now(UTC),
             )
-            await _write(found.value, settings.topic_budgets, args.tenant, to_json_bytes(budget))
+            await _write(bootstrap, settings.topic_budgets, args.tenant, to_json_bytes(budget))
         else:
-            await _write(found.value, settings.topic_budgets, args.tenant, None)
+            await _write(bootstrap, settings.topic_budgets, args.tenant, None)
         return 0
     except ValidationError as exc:
         print(f"genrelay budgets: invalid settings or arguments: {exc}", file=sys.stderr)

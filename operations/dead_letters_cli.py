@@ -31,7 +31,7 @@ from genrelay.operations.dead_letters import (
     select,
     send,
 )
-from genrelay.producers.addresses import look_up, require_reachable
+from genrelay.producers.addresses import reachable_kafka
 from genrelay.producers.errors import BrokerError, UnreachableError
 
 
@@ -66,15 +66,14 @@ def main(args: argparse.Namespace) -> int:
 async def command(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
-        found = look_up("kafka_bootstrap", args.bootstrap, flag_name="--bootstrap")
-        await require_reachable("kafka_bootstrap", found)
-        letters = await read_dead_letters(found.value, settings.topic_dead_letter)
+        bootstrap = await reachable_kafka(args.bootstrap)
+        letters = await read_dead_letters(bootstrap, settings.topic_dead_letter)
         if args.dead_letters_command == "list":
             return _list(letters, args)
         by_id = {letter.id: letter for letter in letters}
         if args.dead_letters_command == "show":
             return _show(by_id, args.id)
-        return await _redrive(by_id, args, found.value, settings.topic_requests)
+        return await _redrive(by_id, args, bootstrap, settings.topic_requests)
     except ValidationError as exc:
         print(f"genrelay dead-letters: invalid GENRELAY_* settings: {exc}", file=sys.stderr)
     except (UnreachableError, BrokerError) as exc:

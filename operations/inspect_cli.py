@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from genrelay.consumer.service.config import Settings
 from genrelay.operations.key_history import key_history
-from genrelay.producers.addresses import look_up, require_reachable
+from genrelay.producers.addresses import reachable_kafka
 from genrelay.producers.errors import BrokerError, UnreachableError
 
 
@@ -41,15 +41,14 @@ async def command(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"genrelay inspect: invalid GENRELAY_* settings: {exc}", file=sys.stderr)
         return 2
-    found = look_up("kafka_bootstrap", args.bootstrap, flag_name="--bootstrap")
     try:
-        await require_reachable("kafka_bootstrap", found)
+        bootstrap = await reachable_kafka(args.bootstrap)
     except UnreachableError as exc:
         print(f"genrelay inspect: {exc}", file=sys.stderr)
         return 2
     try:
         history = await key_history(
-            found.value, settings.topic_ledger, settings.topic_completions, args.key
+            bootstrap, settings.topic_ledger, settings.topic_completions, args.key
         )
     except BrokerError as exc:
         print(f"genrelay inspect: {exc}", file=sys.stderr)

@@ -88,3 +88,11 @@ async def require_reachable(setting: str, found: Found, *, timeout: float = 3.0)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def reachable_kafka(flag_value: str | None) -> str:
+    """The Kafka bootstrap a client command uses (`--bootstrap`, else the usual places), once
+    it answers; `UnreachableError` otherwise."""
+    found = look_up("kafka_bootstrap", flag_value, flag_name="--bootstrap")
+    await require_reachable("kafka_bootstrap", found)
+    return found.value

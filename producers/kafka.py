@@ -5,7 +5,7 @@ this module handles a Kafka exception type.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -173,9 +173,18 @@ async def partition_count(bootstrap: str, topic: str) -> int:
     return len(partitions)
 
 
-async def read_topic(bootstrap: str, topic: str, *, partition: int | None = None) -> list[Any]:
-    """Every record of a topic (or of one of its partitions), from its beginning to its end
-    as of now."""
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    partition: int | None = None,
+    partitions: Iterable[int] | None = None,
+) -> list[Any]:
+    """Every committed record of a topic (or of some of its partitions), from its beginning
+    to its end as of now."""
+    chosen = list(partitions) if partitions is not None else None
+    if partition is not None:
+        chosen = [partition]
     # Subscribing without a group assigns every partition once the consumer has started.
     # The reset policy must be "earliest" although the partitions are sought to their
     # beginning below: a freshly assigned partition is also reset by the consumer itself,
@@ -184,7 +193,7 @@ async def read_topic(bootstrap: str, topic: str, *, partition: int | None = None
     # `_update_fetch_positions`). With "latest" every partition then starts at its end and
     # the topic reads as empty; how often depends on timing, so it happened under load.
     consumer = AIOKafkaConsumer(
-        *([topic] if partition is None else []),
+        *([topic] if chosen is None else []),
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -194,8 +203,10 @@ async def read_topic(bootstrap: str, topic: str, *, partition: int | None = None
     )
     await consumer.start()
     try:
-        if partition is not None:
-            consumer.assign([TopicPartition(topic, partition)])
+        if chosen is not None:
+            if not chosen:
+                return []
+            consumer.assign([TopicPartition(topic, p) for p in chosen])
         partitions = list(consumer.assignment())
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)

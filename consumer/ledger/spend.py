@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from genrelay.consumer.ledger.partition_writer import Outgoing
+from genrelay.producers.kafka import read_topic
 from genrelay.schemas.base import from_json_bytes, to_json_bytes
 from genrelay.schemas.budgets import SpendRecord, spend_key
 from genrelay.schemas.ledger import LedgerRecord
@@ -129,34 +130,10 @@ class SpendBook:
 
     async def load(self, partitions: Iterable[int]) -> None:
         """Read taken-over partitions' committed totals (after fencing: they are final)."""
-        wanted = [TopicPartition(self.topic, p) for p in partitions]
-        if not wanted:
-            return
-        totals: dict[int, dict[Account, float]] = {tp.partition: {} for tp in wanted}
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
-        await consumer.start()
-        try:
-            consumer.assign(wanted)
-            ends: dict[TopicPartition, int] = await consumer.end_offsets(wanted)
-            await consumer.seek_to_beginning(*wanted)
-            remaining = {tp for tp in wanted if ends[tp] > 0}
-            while remaining:
-                batches = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, messages in batches.items():
-                    for message in messages:
-                        if message.offset < ends[tp]:
-                            _apply(totals[tp.partition], message.value)
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        wanted = list(partitions)
+        totals: dict[int, dict[Account, float]] = {p: {} for p in wanted}
+        for message in await read_topic(self._bootstrap, self.topic, partitions=wanted):
+            _apply(totals[message.partition], message.value)
         self._own.update(totals)
 
     def release(self, partitions: Iterable[int]) -> None:
