@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from genrelay.consumer.errors import ProviderError
 from genrelay.consumer.provider.fal_platform import FalPlatform
 from genrelay.consumer.service.config import Settings
+from genrelay.operations.arguments import moment
 from genrelay.operations.audit import AuditReport, audit, cost_records
 from genrelay.producers.kafka import read_topic
 from genrelay.schemas.base import from_json_bytes, to_json_bytes
@@ -41,8 +42,8 @@ from genrelay.schemas.costs import CostRecord
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--since", type=_moment, help="window start, ISO 8601 (UTC if no zone)")
-    parser.add_argument("--until", type=_moment, help="window end (exclusive); default now")
+    parser.add_argument("--since", type=moment, help="window start, ISO 8601 (UTC if no zone)")
+    parser.add_argument("--until", type=moment, help="window end (exclusive); default now")
     parser.add_argument(
         "--hours", type=float, default=24.0, help="window length when --since is not given"
     )
@@ -60,11 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write each billed key's cost record to the costs topic",
     )
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(args: argparse.Namespace) -> int:

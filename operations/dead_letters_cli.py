@@ -15,12 +15,12 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from genrelay.consumer.service.config import Settings
+from genrelay.operations.arguments import moment
 from genrelay.operations.dead_letters import (
     DeadLetter,
     Redrive,
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="dead_letters_command", required=True)
     listing = actions.add_parser("list", help="dead letters, newest last, with counts by reason")
     listing.add_argument("--reason", help="only this reason (e.g. idempotency_conflict)")
-    listing.add_argument("--since", type=_moment, help="only those written since (ISO 8601)")
+    listing.add_argument("--since", type=moment, help="only those written since (ISO 8601)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     show = actions.add_parser("show", help="one dead letter, with its record")
     show.add_argument("id", help="partition:offset, as `list` shows it")
@@ -51,11 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     redrive.add_argument(
         "--file", type=Path, help="corrected request records (JSONL) replacing the one ID"
     )
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(args: argparse.Namespace) -> int:
