@@ -23,7 +23,7 @@ always grant the same slots.
 from __future__ import annotations
 
 import asyncio
-import bisect
+import heapq
 import itertools
 import math
 from collections import Counter
@@ -63,8 +63,9 @@ class Slots:
         self._by_endpoint: Counter[str] = Counter()
         self._by_tenant: Counter[str] = Counter()  # slots held, "" for work without a tenant
         self._granted: Counter[str] = Counter()  # slots ever granted, per tenant
-        # Waiters by priority rank, then tenant; each queue sorted by (deadline, arrival).
-        self._queues: dict[int, dict[str, list[_Waiter]]] = {}
+        # Waiters by priority rank, tenant and endpoint, each a heap by (deadline, arrival), so
+        # a grant costs one look per tenant and endpoint whatever the backlog behind them.
+        self._queues: dict[int, dict[str, dict[str, list[_Waiter]]]] = {}
         self._waiting: Counter[str] = Counter()
         self._seq = itertools.count()
 
@@ -124,7 +125,8 @@ class Slots:
         due = math.inf if deadline is None else deadline
         waiter = _Waiter(due, next(self._seq), endpoint, tenant, future)
         name = tenant or _NO_TENANT
-        bisect.insort(self._queues.setdefault(_RANK[priority], {}).setdefault(name, []), waiter)
+        tenants = self._queues.setdefault(_RANK[priority], {})
+        heapq.heappush(tenants.setdefault(name, {}).setdefault(endpoint, []), waiter)
         self._waiting[name] += 1
         self._wake()
         try:
@@ -177,8 +179,9 @@ class Slots:
         per_weight = (self._used + 1) / sum(self.weight(t) for t in active or {_NO_TENANT})
         for rank in sorted(self._queues):
             tenants = self._queues[rank]
-            for name in sorted(tenants, key=lambda t: self._turn(t, tenants[t], per_weight)):
-                waiter = self._first_eligible(tenants[name])
+            heads = {name: head for name in list(tenants) if (head := _head(tenants, name))}
+            for name in sorted(heads, key=lambda t: self._turn(t, heads[t], per_weight)):
+                waiter = self._pop_eligible(name, tenants[name])
                 if not tenants[name]:
                     del tenants[name]
                 if waiter is not None:
@@ -187,32 +190,46 @@ class Slots:
                 del self._queues[rank]
         return None
 
-    def _turn(
-        self, tenant: str, queue: list[_Waiter], per_weight: float
-    ) -> tuple[float, float, float, int]:
+    def _turn(self, tenant: str, head: _Waiter, per_weight: float) -> tuple[float, float, _Waiter]:
         # Furthest below its share first (rounded: equal shortfalls must compare equal), then
         # granted least for its weight, then the earlier deadline, then the earlier arrival.
         weight = self.weight(tenant)
         shortfall = round(per_weight * weight - self._by_tenant[tenant], 9)
-        head = queue[0]
-        return -shortfall, self._granted[tenant] / weight, head.due, head.seq
+        return -shortfall, self._granted[tenant] / weight, head
 
-    def _first_eligible(self, queue: list[_Waiter]) -> _Waiter | None:
-        """Remove and return the first waiter of `queue` its own limits let through (sweeping
-        out the ones that gave up)."""
-        index = 0
-        while index < len(queue):
-            waiter = queue[index]
-            if waiter.future.done():
-                del queue[index]
-                continue
-            if self._tenant_full(waiter.tenant):
-                return None  # the whole queue is this tenant's
-            if not self._blocked(waiter.endpoint, waiter.tenant):
-                del queue[index]
-                return waiter
-            index += 1
+    def _pop_eligible(self, tenant: str, endpoints: dict[str, list[_Waiter]]) -> _Waiter | None:
+        """Take the tenant's first waiter whose endpoint has room (none if the tenant is at
+        its own limit): one look per endpoint, however many wait behind a full one."""
+        if self._tenant_full(tenant or None):
+            return None
+        open_heads = [
+            heap
+            for endpoint, heap in endpoints.items()
+            if heap and self._by_endpoint[endpoint] < self.per_endpoint
+        ]
+        if not open_heads:
+            return None
+        heap = min(open_heads, key=lambda h: h[0])
+        waiter = heapq.heappop(heap)
+        if not heap:
+            del endpoints[waiter.endpoint]
+        return waiter
+
+
+def _head(tenants: dict[str, dict[str, list[_Waiter]]], name: str) -> _Waiter | None:
+    """The tenant's first waiter still waiting, after sweeping off the ones that gave up
+    (dropping emptied queues); None, and the tenant dropped, when nobody is left."""
+    endpoints = tenants[name]
+    for endpoint in list(endpoints):
+        heap = endpoints[endpoint]
+        while heap and heap[0].future.done():
+            heapq.heappop(heap)
+        if not heap:
+            del endpoints[endpoint]
+    if not endpoints:
+        del tenants[name]
         return None
+    return min(heap[0] for heap in endpoints.values())
 
 
 def _decrement(counts: Counter[str], name: str) -> None:

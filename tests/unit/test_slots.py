@@ -4,6 +4,7 @@ shared between tenants by weight."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -231,6 +232,43 @@ async def test_a_waiter_that_gives_up_leaves_no_trace_in_the_shares() -> None:
     slots.release("e", "a")
     assert slots.used == 0
     assert slots.by_tenant() == {}
+
+
+async def _calls_to_queue_one_and_grant_one(backlog: int) -> int:
+    """Python calls made to queue one more waiter behind a full endpoint and to hand a slot
+    of another endpoint on, with `backlog` waiters already queued behind the full one."""
+    slots = Slots(total=10, per_endpoint=1)
+    await slots.acquire("busy", Priority.NORMAL)
+    waiters = [asyncio.create_task(slots.acquire("busy", Priority.NORMAL)) for _ in range(backlog)]
+    await asyncio.sleep(0)
+    await slots.acquire("other", Priority.NORMAL)
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    one_more = asyncio.create_task(slots.acquire("busy", Priority.NORMAL))
+    sys.setprofile(count)
+    try:
+        await asyncio.sleep(0)  # the new waiter queues (and looks for a free slot)
+        slots.release("other")  # a slot frees up that nobody behind "busy" may take
+    finally:
+        sys.setprofile(None)
+    assert slots.waiting == backlog + 1
+    assert slots.used == 1
+    for task in [*waiters, one_more]:
+        task.cancel()
+    await asyncio.gather(*waiters, one_more, return_exceptions=True)
+    return calls
+
+
+async def test_a_backlog_behind_a_full_endpoint_does_not_make_each_grant_slower() -> None:
+    # Counted, not timed: queueing and granting look at one waiter per tenant and endpoint,
+    # not at every waiter behind a full endpoint (which made a bulk backlog halve throughput).
+    small = await _calls_to_queue_one_and_grant_one(100)
+    large = await _calls_to_queue_one_and_grant_one(10_000)
+    assert large < small * 1.5, (small, large)
 
 
 def test_tenant_weights_come_from_settings_and_must_be_positive(
