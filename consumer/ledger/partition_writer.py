@@ -336,12 +336,29 @@ class Writers:
     """The writers of the partitions this replica currently owns."""
 
     _by_partition: dict[int, PartitionWriter] = field(default_factory=dict)
+    # Transactions and records committed by writers already let go (for the totals).
+    _retired: tuple[int, int] = (0, 0)
 
     def add(self, writer: PartitionWriter) -> None:
         self._by_partition[writer.partition] = writer
 
     def pop(self, partition: int) -> PartitionWriter | None:
-        return self._by_partition.pop(partition, None)
+        writer = self._by_partition.pop(partition, None)
+        if writer is not None:
+            transactions, records = self._retired
+            self._retired = (
+                transactions + writer.stats.transactions,
+                records + writer.stats.records,
+            )
+        return writer
+
+    def committed(self) -> tuple[int, int]:
+        """Transactions committed by this replica's writers so far, and the records in them."""
+        transactions, records = self._retired
+        for writer in self._by_partition.values():
+            transactions += writer.stats.transactions
+            records += writer.stats.records
+        return transactions, records
 
     def get(self, partition: int) -> PartitionWriter:
         """The partition's writer; `Fenced` when this replica does not own it."""

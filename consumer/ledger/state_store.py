@@ -142,6 +142,16 @@ class PartitionStore:
             with self._transaction():
                 self.db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", rows)
 
+    def replace(self, deleted: Iterable[str], states: Iterable[StoredState]) -> None:
+        """Delete `deleted`, then write `states`, in one transaction."""
+        gone = [(key,) for key in deleted]
+        rows = [(s.key, s.updated, int(s.finished), s.value) for s in states]
+        with self._transaction():
+            if gone:
+                self.db.executemany("DELETE FROM keys WHERE key = ?", gone)
+            if rows:
+                self.db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", rows)
+
     def delete_many(self, keys: Iterable[str]) -> None:
         rows = [(key,) for key in keys]
         if rows:

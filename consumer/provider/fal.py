@@ -324,12 +324,14 @@ class FalProvider:
         if self._closed:
             raise ClosedError("FalProvider is closed")
         try:
+            # Parsed once: the key's host check and the request share it.
+            target = httpx.URL(url)
             return await self._client.request(
                 method,
-                url,
+                target,
                 json=json,
                 params=params,
-                headers={**self._headers, **self._auth_for(url), **(headers or {})},
+                headers={**self._headers, **self._auth_for(target), **(headers or {})},
                 timeout=self._timeout,
             )
         except httpx.InvalidURL as exc:
@@ -340,12 +342,9 @@ class FalProvider:
                 raise NotSent(f"{where}: {exc!r}") from exc
             raise MaybeSent(f"{where}: {exc!r}") from exc
 
-    def _auth_for(self, url: str) -> dict[str, str]:
-        try:
-            host = httpx.URL(url).host
-        except httpx.InvalidURL:
-            return {}
-        return self._auth if host == self._key_host else {}
+    def _auth_for(self, url: httpx.URL) -> dict[str, str]:
+        # The key goes to fal's host only, never to a URL an answer pointed elsewhere.
+        return self._auth if url.host == self._key_host else {}
 
     def _parse_submission(self, response: httpx.Response, endpoint: str) -> Submission:
         body = _json_object(response)

@@ -22,6 +22,7 @@ Series, as Prometheus sees them (all `genrelay_`):
     upload_duration_seconds             ledger_restore_duration_seconds    (histogram)
     rebalance_callback_duration_seconds (histogram: how long the group waited for this member)
     uncommitted_offsets{topic,partition}, oldest_in_flight_age_seconds{topic,partition}
+    transactions_total, transaction_records_total (records per transaction: their ratio)
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class GaugeSources:
     budget_by_tenant: Callable[[], Mapping[str, float]] | None = None
     uncommitted_offsets: Callable[[], Mapping[TopicPartitionKey, int]] | None = None
     oldest_in_flight_age: Callable[[], Mapping[TopicPartitionKey, float]] | None = None
+    # Transactions committed so far, and the records in them (monotonic).
+    committed: Callable[[], tuple[int, int]] | None = None
 
 
 def _by(label: str, read: Callable[[], Mapping[str, float]]) -> _Callback:
@@ -308,6 +311,18 @@ class RelayMetrics:
         if sources.oldest_in_flight_age is not None:
             read = _per_partition(sources.oldest_in_flight_age)
             gauge("genrelay.oldest_in_flight_age", "age of the oldest unfinished record", read, "s")
+        if sources.committed is not None:
+            committed = sources.committed
+            meter.create_observable_counter(
+                "genrelay.transactions",
+                callbacks=[_single(lambda: committed()[0])],
+                description="transactions committed by this replica's partition writers",
+            )
+            meter.create_observable_counter(
+                "genrelay.transaction_records",
+                callbacks=[_single(lambda: committed()[1])],
+                description="records committed in those transactions",
+            )
 
     # --- recording ------------------------------------------------------------------------
 

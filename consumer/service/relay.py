@@ -290,6 +290,7 @@ class Relay:
             oldest_in_flight_age=lambda: {
                 (tp.topic, tp.partition): t.oldest_age() for tp, t in self._offsets.items()
             },
+            committed=self.writers.committed,
         )
 
     def snapshot(self) -> StatusSnapshot:

@@ -12,17 +12,19 @@ job that outlives the consumer callback, or the process itself, land in one trac
                                  |-- download, upload
                                  '-- publish                (its headers carry this context on)
 
-With no exporter configured the provider samples nothing: spans still get valid ids (so
-trace ids reach the ledger and the logs) but nothing is recorded or exported.
+With no exporter configured the provider samples nothing: job spans still get valid ids (so
+trace ids reach the ledger and the logs) but nothing is recorded or exported, and a step
+runs in its job's context without a span of its own (it would be dropped unseen anyway).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
@@ -142,11 +144,19 @@ def traceparent_of(span: Span) -> str | None:
     return carrier.get(TRACEPARENT)
 
 
+@functools.lru_cache(maxsize=4096)
 def context_from_traceparent(traceparent: str | None) -> Context:
-    """A context whose parent is the span a stored `traceparent` names (empty if unreadable)."""
+    """A context whose parent is the span a stored `traceparent` names (empty if unreadable).
+
+    Cached: every step of a job parses the same string, and a `Context` is immutable."""
     if not traceparent:
         return Context()
     return _W3C.extract({TRACEPARENT: traceparent}, context=Context())
+
+
+def _recording(tracer: Tracer) -> bool:
+    """Whether `tracer` may record spans: not an SDK tracer whose sampler is off."""
+    return getattr(tracer, "sampler", None) is not ALWAYS_OFF
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -208,8 +218,16 @@ def step_span(
     The parent is always the stored `traceparent`, never whatever span happens to be current:
     an actor task inherits the context it was created in, which may belong to another job. A
     job with no stored context gets a root span. An exception escaping the block is recorded
-    on the span and marks it as an error.
+    on the span and marks it as an error. When nothing is sampled the step runs in the job's
+    context itself, which is all a span that is never recorded would give it.
     """
+    if not _recording(tracer):
+        token = attach(context_from_traceparent(parent_traceparent))
+        try:
+            yield get_current_span()
+        finally:
+            detach(token)
+        return
     with tracer.start_as_current_span(
         step.value,
         context=context_from_traceparent(parent_traceparent),

@@ -25,6 +25,7 @@ class LiveState:
         self.by_tenant = {"shop": 5, "bulk": 3}
         self.spans = {("genrelay.requests", 0): 12, ("genrelay.requests", 4): 0}
         self.ages = {("genrelay.requests", 0): 95.5}
+        self.committed = (40, 130)
 
     def sources(self) -> GaugeSources:
         return GaugeSources(
@@ -36,6 +37,7 @@ class LiveState:
             share_by_tenant=lambda: {"shop": 0.75, "bulk": 0.25},
             uncommitted_offsets=lambda: self.spans,
             oldest_in_flight_age=lambda: self.ages,
+            committed=lambda: self.committed,
         )
 
 
@@ -118,6 +120,8 @@ async def test_gauges_read_the_live_state_at_each_scrape(
     requests_0 = {"topic": "genrelay.requests", "partition": "0"}
     assert value(series, "genrelay_uncommitted_offsets", **requests_0) == 12
     assert value(series, "genrelay_oldest_in_flight_age_seconds", **requests_0) == 95.5
+    assert value(series, "genrelay_transactions_total") == 40
+    assert value(series, "genrelay_transaction_records_total") == 130
 
     state.phases = {"SUBMITTED": 2}
     state.in_flight = 2

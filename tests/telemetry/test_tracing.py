@@ -238,6 +238,10 @@ def test_with_tracing_off_ids_still_flow_but_nothing_is_recorded() -> None:
     with step_span(tracer, Step.SUBMIT, stored) as step:
         assert not step.is_recording()
         assert format(step.get_span_context().trace_id, "032x") == trace_id_of(stored)
+        # The step runs in the job's context: what it sends on carries the job's trace.
+        assert get_current_span() is step
+        assert traceparent_of(step) == stored
+    assert not get_current_span().get_span_context().is_valid  # the context is restored
     provider.shutdown()
 
 
