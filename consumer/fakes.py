@@ -54,7 +54,7 @@ class MemoryLedger:
         """Another replica owns `partition` now: its writes are refused from here on."""
         self.lost.add(partition)
 
-    def get(self, key: str) -> LedgerRecord | None:
+    def get(self, key: str, partition: int | None = None) -> LedgerRecord | None:
         return self.states.get(key)
 
     def keys_in(self, partition: int) -> list[str]:

@@ -36,7 +36,9 @@ from genrelay.schemas.ledger import LedgerRecord, Phase
 class KeyStates(Protocol):
     """Where the keys' states are committed: the ledger (or, in tests, a fake of it)."""
 
-    def get(self, key: str) -> LedgerRecord | None: ...
+    def get(self, key: str, partition: int | None = None) -> LedgerRecord | None:
+        """The key's state; `partition` (the key's own) narrows where to look."""
+        ...
 
     def keys_in(self, partition: int) -> list[str]:
         """The open keys of a partition."""
@@ -160,7 +162,7 @@ class Jobs:
         self._released.discard(partition)
         resumed = 0
         for key in self._ledger.keys_in(partition):
-            record = self._ledger.get(key)
+            record = self._ledger.get(key, partition)
             if record is None or (record.terminal and record.published):
                 continue
             waiting = (Phase.ACCEPTED, Phase.SUBMITTING, Phase.BACKING_OFF, Phase.UNKNOWN)
@@ -211,8 +213,8 @@ class Jobs:
     def phases(self) -> dict[str, int]:
         """How many owned keys are in each open phase (for health and metrics)."""
         counts: dict[str, int] = {}
-        for key in self._actors:
-            record = self._ledger.get(key)
+        for key, actor in self._actors.items():
+            record = self._ledger.get(key, actor.partition)
             phase = record.phase.value if record else "WAITING"
             counts[phase] = counts.get(phase, 0) + 1
         return counts
@@ -247,7 +249,7 @@ class Jobs:
     async def _drain_inbox(self, actor: _Actor) -> None:
         while actor.inbox and not actor.closed:
             event, on_done, source = actor.inbox.popleft()
-            record = self._ledger.get(actor.key)
+            record = self._ledger.get(actor.key, actor.partition)
             request_id = record.job.request_id if record and record.job else None
             trace_id = trace_id_of(record.traceparent) if record else None
             durable = _Once(on_done)
@@ -265,7 +267,7 @@ class Jobs:
     ) -> None:
         """Decide, commit the decided state, then perform the effects. `durable` runs as soon
         as the state is committed (the record's offset may commit), before any effect."""
-        record = self._ledger.get(actor.key)
+        record = self._ledger.get(actor.key, actor.partition)
         if isinstance(event, lc.SubmitCommand):
             if record is not None:
                 self._metrics.duplicate_suppressed()
@@ -383,7 +385,7 @@ class Jobs:
 
     async def _perform(self, actor: _Actor, effect: lc.Effect, source: Any) -> None:
         """Perform one effect. What it learns re-enters through the key's inbox, next."""
-        record = self._ledger.get(actor.key)
+        record = self._ledger.get(actor.key, actor.partition)
         assert record is not None or isinstance(effect, lc.Conflict)
         match effect:
             case lc.AcquireSlot(until=until):
@@ -489,7 +491,7 @@ class Jobs:
             self._deliver_internal(actor, event)
 
     async def _submit(self, actor: _Actor, start_by: datetime | None = None) -> None:
-        record = self._ledger.get(actor.key)
+        record = self._ledger.get(actor.key, actor.partition)
         assert record is not None
         assert record.phase is Phase.SUBMITTING
         waited = await self._hold_slot(actor, record)
@@ -599,7 +601,7 @@ class Jobs:
 
     def _maybe_forget(self, actor: _Actor) -> None:
         # Finished keys keep only their ledger record; the actor object is dropped.
-        record = self._ledger.get(actor.key)
+        record = self._ledger.get(actor.key, actor.partition)
         idle = not actor.inbox and actor.timer is None and actor.slot_wait is None
         if idle and (record is None or (record.terminal and record.published)):
             self._drop(actor)

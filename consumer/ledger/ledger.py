@@ -145,11 +145,17 @@ class Ledger:
         self._stores: dict[int, PartitionStore] = {}
         self._next_offset: dict[int, int] = {}
 
-    def get(self, key: str) -> LedgerRecord | None:
+    def get(self, key: str, partition: int | None = None) -> LedgerRecord | None:
+        """The key's state; `partition`, the key's own, spares a look into every other store."""
         record = self._open.get(key)
         if record is not None:
             return record
-        for store in self._stores.values():
+        if partition is not None:
+            store = self._stores.get(partition)
+            stores = [] if store is None else [store]
+        else:
+            stores = list(self._stores.values())
+        for store in stores:
             value = store.get(key)
             if value is not None:
                 return LedgerRecord.model_validate_json(value)
