@@ -10,8 +10,10 @@
     floor-httpx   the same with httpx's own connection pool.
 
 Protocol with the parent: JSON lines on stdout, `{"event": "warm"}` once the warm-up records
-are handled and `{"event": "done", "last_done_at": <unix time>, ...}` after the measured ones;
-then the process waits to be terminated, so its memory can still be read.
+are handled and `{"event": "done", "last_done_at": <unix time>, ...}` after the measured ones,
+with the failed jobs by error type and phase, and p50/p99 of the measured jobs' end-to-end
+time (the record's CreateTime to the job done); then the process waits to be terminated, so
+its memory can still be read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -31,6 +34,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from minio import Minio
 
+from genrelay.bench.measure import summary_ms
 from genrelay.consumer.provider.http_transport import pooled_client
 
 log = logging.getLogger("genrelay.bench.baseline")
@@ -45,22 +49,36 @@ def emit(event: str, **fields: Any) -> None:
 async def drive(consumer: AIOKafkaConsumer, job: Job, args: argparse.Namespace) -> None:
     """Run `job` per record, at most `concurrency` at once, and report warm-up and done."""
     slots = asyncio.Semaphore(args.concurrency)
-    tasks: set[asyncio.Task[None]] = set()
+    produced_ms: dict[asyncio.Task[None], int] = {}  # running job -> its record's CreateTime
     finished = asyncio.Event()
     tally = {"done": 0, "errors": 0}
+    failed: dict[str, Counter[str]] = {"warm": Counter(), "measured": Counter()}
+    end_to_end: list[float] = []
 
     def settle(task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
+        produced = produced_ms.pop(task)
         slots.release()
+        tally["done"] += 1
+        # The measured records are produced only once the warm-up is reported done.
+        phase = "warm" if tally["done"] <= args.warmup else "measured"
+        if phase == "measured":
+            end_to_end.append(time.time() * 1000 - produced)
         if task.cancelled() or task.exception() is not None:
             tally["errors"] += 1
+            failed[phase][failure_type(task)] += 1
             if not task.cancelled():
                 log.error("job failed: %r", task.exception())
-        tally["done"] += 1
         if tally["done"] == args.warmup:
             emit("warm")
         if tally["done"] == args.warmup + args.jobs:
-            emit("done", last_done_at=time.time(), jobs=args.jobs, errors=tally["errors"])
+            emit(
+                "done",
+                last_done_at=time.time(),
+                jobs=args.jobs,
+                errors=tally["errors"],
+                errors_by_type={name: dict(counts) for name, counts in failed.items()},
+                end_to_end_ms=summary_ms(end_to_end),
+            )
             finished.set()
 
     while not finished.is_set():
@@ -69,8 +87,17 @@ async def drive(consumer: AIOKafkaConsumer, job: Job, args: argparse.Namespace) 
             for record in records:
                 await slots.acquire()
                 task = asyncio.get_running_loop().create_task(job(record))
-                tasks.add(task)
+                produced_ms[task] = record.timestamp
                 task.add_done_callback(settle)
+
+
+def failure_type(task: asyncio.Task[None]) -> str:
+    """The provider's error type of a failed job (fal-client carries it), else the exception's
+    class."""
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return str(getattr(exc, "error_type", None) or type(exc).__name__)
 
 
 def consumer_for(args: argparse.Namespace, *, auto_commit: bool) -> AIOKafkaConsumer:

@@ -1,5 +1,9 @@
 """Scenario 2: the same jobs, stack, emulator settings and concurrency as genrelay's burst,
-handled by the baselines of `baseline_worker` instead (each in its own process)."""
+handled by the baselines of `baseline_worker` instead (each in its own process).
+
+A run may name other provider conditions, job count and concurrency (the realistic scenario
+runs the naive baseline this way).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -15,6 +20,7 @@ from genrelay.bench.measure import CpuWatch, peak_rss_bytes
 from genrelay.bench.services import (
     EMULATOR_KEY,
     EmulatorProcess,
+    ProviderConditions,
     create_topics,
     delete_topics,
     provider_calls,
@@ -27,10 +33,26 @@ from genrelay.deploy.local.processes import ManagedProcess
 _MB = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class BaselineRun:
+    """One baseline measurement; by default genrelay's burst, concurrency and provider."""
+
+    kind: str
+    # Names its topics, keys and logs; the kind when empty.
+    name: str = ""
+    jobs: int | None = None
+    concurrency: int | None = None
+    provider: ProviderConditions = field(default_factory=ProviderConditions)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
 class BaselineProcess:
     """One `baseline_worker` child; its JSON event lines are read from its log."""
 
-    def __init__(self, bench: Bench, kind: str, argv: list[str]) -> None:
+    def __init__(self, bench: Bench, run: BaselineRun, argv: list[str]) -> None:
         env = {
             **os.environ,
             "FAL_KEY": EMULATOR_KEY,
@@ -38,9 +60,9 @@ class BaselineProcess:
             "BENCH_S3_SECRET_KEY": bench.stack.s3_secret_key,
             "PYTHONUNBUFFERED": "1",
         }
-        command = [sys.executable, "-m", "genrelay.bench.baseline_worker", kind, *argv]
-        self.log = bench.workdir / f"baseline-{kind}.log"
-        self.process = ManagedProcess(f"baseline {kind}", command, self.log, env=env)
+        command = [sys.executable, "-m", "genrelay.bench.baseline_worker", run.kind, *argv]
+        self.log = bench.workdir / f"baseline-{run.label}.log"
+        self.process = ManagedProcess(f"baseline {run.label}", command, self.log, env=env)
         self._read = 0
 
     @property
@@ -77,48 +99,54 @@ class BaselineProcess:
         return None
 
 
-async def run_baseline(bench: Bench, kind: str) -> dict[str, Any]:
+async def run_baseline(bench: Bench, run: BaselineRun) -> dict[str, Any]:
     """Warm-up, then the burst; jobs/s from the first record produced to the last job done."""
     plan = bench.plan
-    topics = bench.topics(kind)
+    jobs = plan.jobs if run.jobs is None else run.jobs
+    concurrency = plan.concurrency if run.concurrency is None else run.concurrency
+    slowest = run.provider.slowest_job_seconds()
+    topics = bench.topics(run.label)
     bootstrap = bench.stack.kafka_bootstrap
     await create_topics(bootstrap, topics, plan.partitions)
     try:
         async with (
-            EmulatorProcess(bench.workdir, f"{kind}-emulator", run_latency="fixed:0") as emulator,
+            EmulatorProcess(
+                bench.workdir, f"{run.label}-emulator", **run.provider.flags()
+            ) as emulator,
             RequestProducer(bootstrap) as producer,
         ):
-            warm = bench.keys(kind, "warm", plan.warmup)
-            burst = bench.keys(kind, "burst", plan.jobs)
+            warm = bench.keys(run.label, "warm", plan.warmup)
+            burst = bench.keys(run.label, "burst", jobs)
             await producer.burst(topics.requests, warm)
             argv = [
                 f"--bootstrap={bootstrap}",
                 f"--topic={topics.requests}",
-                f"--group={topics.requests}.{kind}",
+                f"--group={topics.requests}.{run.kind}",
                 f"--emulator={emulator.base_url}",
                 f"--warmup={plan.warmup}",
-                f"--jobs={plan.jobs}",
-                f"--concurrency={plan.concurrency}",
+                f"--jobs={jobs}",
+                f"--concurrency={concurrency}",
                 f"--s3-endpoint={bench.stack.s3_endpoint}",
                 f"--bucket=bench-{bench.run_id}-naive",
             ]
-            async with BaselineProcess(bench, kind, argv) as child:
-                await child.event("warm", wait_budget(len(warm)) + 60)
-                pids = {kind: child.pid, "emulator": emulator.pid, **bench.infra_pids()}
+            async with BaselineProcess(bench, run, argv) as child:
+                await child.event("warm", wait_budget(len(warm), slowest) + 60)
+                pids = {run.kind: child.pid, "emulator": emulator.pid, **bench.infra_pids()}
                 cpu = CpuWatch({**pids, "bench": os.getpid()}).start()
                 started = await producer.burst(topics.requests, burst)
-                done = await child.event("done", wait_budget(len(burst)))
+                done = await child.event("done", wait_budget(len(burst), slowest))
                 spent = cpu.stop()
                 peak = peak_rss_bytes(child.pid)
             elapsed = float(done["last_done_at"]) - started
             everyone = warm + burst
             return {
-                "jobs": plan.jobs,
-                "concurrency": plan.concurrency,
-                "jobs_per_second": round(plan.jobs / elapsed, 1),
+                "jobs": jobs,
+                "concurrency": concurrency,
+                "jobs_per_second": round(jobs / elapsed, 1),
                 "burst_seconds": round(elapsed, 2),
-                "errors": int(done["errors"]),
-                "cpu_ms_per_job": round(spent.process_seconds.get(kind, 0.0) / plan.jobs * 1000, 3),
+                **_failures(done, run.provider),
+                "end_to_end_ms": done["end_to_end_ms"],
+                "cpu_ms_per_job": round(spent.process_seconds.get(run.kind, 0.0) / jobs * 1000, 3),
                 "peak_rss_mb": round(peak / _MB, 1),
                 "cpu": spent.as_json(),
                 "provider_calls": provider_calls(await emulator.stats(), len(everyone)),
@@ -126,6 +154,23 @@ async def run_baseline(bench: Bench, kind: str) -> dict[str, Any]:
             }
     finally:
         await delete_topics(bootstrap, list(topics.all()))
+
+
+def _failures(done: dict[str, Any], provider: ProviderConditions) -> dict[str, Any]:
+    """`errors` (any failed job fails the run) apart from the measured jobs that failed as
+    the provider was told to make them fail (`failed_as_injected`)."""
+    by_phase: dict[str, dict[str, int]] = done["errors_by_type"]
+    injected = {
+        phase: counts.get(provider.failure_type, 0) if provider.failure_rate else 0
+        for phase, counts in by_phase.items()
+    }
+    found: dict[str, Any] = {
+        "errors": int(done["errors"]) - sum(injected.values()),
+        "errors_by_type": by_phase,
+    }
+    if provider.failure_rate:
+        found["failed_as_injected"] = injected.get("measured", 0)
+    return found
 
 
 def compare(genrelay: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:

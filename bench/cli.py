@@ -1,6 +1,6 @@
 """`genrelay bench`: every scenario's figures, measured side by side in one run.
 
-    genrelay bench                         the full run (about 25 minutes on 2 cores)
+    genrelay bench                         the full run (about half an hour on 2 cores)
     genrelay bench --smoke                 a few hundred jobs per scenario: checks it works
     genrelay bench --scenario throughput   one scenario (repeat the flag for more)
     genrelay bench --stack-json .genrelay/stack.json   on a running stack, not a new one

@@ -30,6 +30,12 @@ class Plan:
     smoke: bool = False
     # Share of webhooks the emulator loses (those keys finish by polling).
     webhook_loss: float = 0.0
+    # Keys queued at once behind an endpoint limit of `backlog_limit` jobs in flight.
+    backlog_jobs: int = 10_000
+    backlog_limit: int = 50
+    # Jobs and jobs in flight against a provider with realistic run times and faults.
+    realistic_jobs: int = 3_000
+    realistic_concurrency: int = 1_000
 
     @classmethod
     def full(cls) -> Plan:
@@ -39,12 +45,14 @@ class Plan:
     def smoke_test(cls) -> Plan:
         """A few hundred jobs per scenario: proves the bench works, says nothing of speed."""
         return cls(
-            jobs=300,
-            warmup=20,
+            jobs=200,
+            warmup=10,
             paced_jobs=100,
             in_flight_jobs=500,
             ledger_keys=20_000,
             replicas=(1, 2),
+            backlog_jobs=200,
+            realistic_jobs=100,
             smoke=True,
         )
 

@@ -9,6 +9,9 @@
     file transfer                               RESULT_READY appended to the ledger
                                                 (LogAppendTime) to the STORED decision
                                                 (its `updated_at`): download, checks, upload
+    record produced ─► completion appended      end to end, provider time included: request
+                                                record's CreateTime to the completion
+                                                event's LogAppendTime
 
 All clocks are the same machine's wall clock. Kafka timestamps have millisecond resolution.
 """
@@ -77,6 +80,14 @@ class TopicTimes:
             times.received_ms.setdefault(key, float(item["received_at"]) * 1000)
             times.request_ids.setdefault(key, str(item["request_id"]))
         return times
+
+    def end_to_end(self, keys: Iterable[str]) -> dict[str, float | int | None]:
+        """p50/p99 from each request record's CreateTime to its completion's LogAppendTime."""
+        return summary_ms(
+            self.completed_ms[key] - self.produced_ms[key]
+            for key in keys
+            if key in self.completed_ms and key in self.produced_ms
+        )
 
     def hops(self, keys: Iterable[str]) -> dict[str, Any]:
         """p50/p99 of each hop over `keys` (a job missing a timestamp is left out of that hop)."""

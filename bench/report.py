@@ -72,6 +72,27 @@ def required_figures(plan: Plan, units: list[str]) -> list[str]:
         wanted += ["webhookless.jobs_per_second", "webhookless.provider_calls.per_job"]
     if "fairness" in units:
         wanted += [f"fairness.{way}.{q}" for way in ("fair", "fifo") for q in ("p50_ms", "p99_ms")]
+    if "backlog" in units:
+        wanted += ["backlog.jobs_per_second", "backlog.relay_cpu_ms_per_job"]
+        if "throughput" in units:
+            wanted.append("backlog.without_backlog.jobs_per_second")
+    if "realistic" in units:
+        for client, cpu in (("genrelay", "relay_cpu_ms_per_job"), ("naive", "cpu_ms_per_job")):
+            wanted += [
+                f"realistic.{client}.{figure}"
+                for figure in (
+                    "jobs_per_second",
+                    cpu,
+                    "provider_calls.per_job",
+                    "end_to_end_ms.p50",
+                    "end_to_end_ms.p99",
+                    "failed_as_injected",
+                )
+            ]
+        wanted += [
+            "realistic.naive_over_genrelay.provider_calls_per_job",
+            "realistic.naive_over_genrelay.cpu_ms_per_job",
+        ]
     return [*wanted, "spend.per_key"]
 
 
@@ -256,6 +277,83 @@ def _rows_fairness(f: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _rows_backlog(b: dict[str, Any]) -> list[tuple[str, str]]:
+    limit = b.get("settings", {}).get("max_in_flight_per_endpoint")
+    other = b.get("without_backlog") or {}
+    rows = [
+        (
+            f"{_n(b.get('jobs'))} keys at once, {_n(limit)} in flight: jobs/s · without backlog",
+            f"{_n(b.get('jobs_per_second'))} · {_n(other.get('jobs_per_second'))}",
+        ),
+        (
+            "relay CPU per job · without backlog",
+            f"{_n(b.get('relay_cpu_ms_per_job'), 2)} ms · "
+            f"{_n(other.get('relay_cpu_ms_per_job'), 2)} ms",
+        ),
+    ]
+    if failed := b.get("not_succeeded"):
+        rows.append(("jobs that did not succeed", json.dumps(failed)))
+    return rows
+
+
+def _rows_realistic(r: dict[str, Any]) -> list[tuple[str, str]]:
+    settings = r.get("settings", {})
+    provider = settings.get("provider", {})
+    rows = [
+        (
+            f"{_n(settings.get('jobs'))} jobs, up to {_n(settings.get('concurrency'))} in flight",
+            f"runs lognormal, median {_n(provider.get('run_median_ms'), 0)} ms, sigma "
+            f"{_n(provider.get('run_sigma'), 2)} · {_n(provider.get('webhook_loss'), 2)} of "
+            f"webhooks lost · {_n(provider.get('failure_rate'), 2)} failing",
+        ),
+        (
+            "  genrelay's first poll without a webhook",
+            f"after {_n(settings.get('genrelay_poll_grace_seconds'))} s "
+            "(naive: fal-client polls every request)",
+        ),
+    ]
+    ours, naive = r.get("genrelay", {}), r.get("naive", {})
+    for name, figures in (("genrelay", ours), ("naive", naive)):
+        if "error" in figures:
+            rows.append((f"{name} failed", str(figures["error"])))
+    if "error" in ours or "error" in naive:
+        return rows
+    ratio = r.get("naive_over_genrelay", {})
+
+    def e2e(figures: dict[str, Any]) -> str:
+        latency = figures.get("end_to_end_ms") or {}
+        return f"{_n(latency.get('p50'), 0)} / {_n(latency.get('p99'), 0)} ms"
+
+    rows += [
+        ("", "genrelay · naive · naive/genrelay"),
+        (
+            "provider HTTP calls per job",
+            f"{_n(ours['provider_calls']['per_job'], 2)} · "
+            f"{_n(naive['provider_calls']['per_job'], 2)} · "
+            f"{_n(ratio.get('provider_calls_per_job'), 2)}x",
+        ),
+        (
+            "CPU per job (relay process / naive process)",
+            f"{_n(ours.get('relay_cpu_ms_per_job'), 2)} ms · "
+            f"{_n(naive.get('cpu_ms_per_job'), 2)} ms · {_n(ratio.get('cpu_ms_per_job'), 2)}x",
+        ),
+        (
+            "jobs/s end to end",
+            f"{_n(ours.get('jobs_per_second'))} · {_n(naive.get('jobs_per_second'))}",
+        ),
+        ("record produced → done, p50 / p99", f"{e2e(ours)} · {e2e(naive)}"),
+        (
+            "failed as injected (expected, not errors)",
+            f"{_n(ours.get('failed_as_injected'))} · {_n(naive.get('failed_as_injected'))}",
+        ),
+    ]
+    if failed := ours.get("not_succeeded"):
+        rows.append(("genrelay jobs that failed otherwise", json.dumps(failed)))
+    if naive.get("errors"):
+        rows.append(("naive jobs that failed otherwise", json.dumps(naive["errors_by_type"])))
+    return rows
+
+
 def render_table(results: Results) -> str:
     """The human-readable summary of a run."""
     meta = results["meta"]
@@ -281,6 +379,12 @@ def render_table(results: Results) -> str:
         ("3 Scale", "scale", _rows_scale),
         ("4 Webhook-less mode", "webhookless", _rows_webhookless),
         ("6 Fair shares (the slot scheduler under a simulated clock)", "fairness", _rows_fairness),
+        ("7 Backlog behind a full endpoint limit (zero inference time)", "backlog", _rows_backlog),
+        (
+            "8 Realistic provider (the same for genrelay and naive, equal concurrency)",
+            "realistic",
+            _rows_realistic,
+        ),
     ]
     rows: list[tuple[str, str]] = []
     for title, name, build in sections:

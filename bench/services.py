@@ -9,20 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from minio import Minio
+from minio.deleteobjects import DeleteObject
 
 from genrelay.bench.context import Bench
 from genrelay.consumer.service.config import Settings
 from genrelay.deploy.local.processes import ManagedProcess, free_port
 from genrelay.deploy.local.replicas import RelayProcess
+from genrelay.deploy.local.stack import StackInfo
 from genrelay.schemas.topics import Topics
 
 EMULATOR_KEY = "emulator-key"
@@ -38,6 +43,50 @@ PROVIDER_CALLS = (
     "file_downloads",
     "cancel_requests",
 )
+
+
+@dataclass(frozen=True)
+class ProviderConditions:
+    """How the emulated provider behaves in one run: run times, lost webhooks, failures."""
+
+    run_median_ms: float = 0.0
+    # 0: every job runs exactly `run_median_ms`; above 0, run times are lognormal.
+    run_sigma: float = 0.0
+    webhook_loss: float = 0.0
+    # Final failures (fal's queue does not retry this type), drawn per job.
+    failure_rate: float = 0.0
+    failure_type: str = "runner_server_error"
+    # Jobs one endpoint runs at once; None: the emulator's default.
+    runners: int | None = None
+
+    def flags(self) -> dict[str, str]:
+        """The emulator's command-line settings for these conditions."""
+        latency = (
+            f"lognormal:{self.run_median_ms:g}:{self.run_sigma:g}"
+            if self.run_sigma
+            else f"fixed:{self.run_median_ms:g}"
+        )
+        flags = {"run_latency": latency, "webhook_loss_rate": str(self.webhook_loss)}
+        if self.failure_rate:
+            flags |= {"failure_rate": str(self.failure_rate), "failure_types": self.failure_type}
+        if self.runners is not None:
+            flags["concurrency"] = str(self.runners)
+        return flags
+
+    def slowest_job_seconds(self) -> float:
+        """How long the provider may run one job: four sigmas into a lognormal's tail."""
+        return self.run_median_ms * math.exp(4 * self.run_sigma) / 1000
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_latency": self.flags()["run_latency"],
+            "run_median_ms": self.run_median_ms,
+            "run_sigma": self.run_sigma,
+            "webhook_loss": self.webhook_loss,
+            "failure_rate": self.failure_rate,
+            "failure_type": self.failure_type if self.failure_rate else None,
+            "runners_per_endpoint": self.runners,
+        }
 
 
 class EmulatorProcess:
@@ -241,11 +290,15 @@ class RelayFleet:
         return [r.settings.admin_port for r in self.replicas]
 
     async def __aenter__(self) -> Self:
+        # Started together: a start is mostly waiting on the broker, and the group settles once
+        # every replica has joined anyway.
+        starts = [asyncio.ensure_future(replica.start()) for replica in self.replicas]
         try:
-            for replica in self.replicas:
-                await replica.start()
+            await asyncio.gather(*starts)
             await self._spread(self.replicas[0].settings.partitions)
         except BaseException:
+            for start in starts:
+                start.cancel()
             await self._stop()
             raise
         return self
@@ -334,3 +387,34 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     return sum(
         meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
     )
+
+
+async def remove_buckets(stack: StackInfo, prefix: str) -> list[str]:
+    """Delete the bucket `prefix` and every `prefix-…` bucket with their objects; returns the
+    names of the buckets removed."""
+
+    def remove() -> list[str]:
+        client = Minio(
+            stack.s3_endpoint,
+            access_key=stack.s3_access_key,
+            secret_key=stack.s3_secret_key,
+            secure=False,
+        )
+        removed: list[str] = []
+        for bucket in client.list_buckets():
+            if bucket.name != prefix and not bucket.name.startswith(prefix + "-"):
+                continue
+            names = [
+                item.object_name
+                for item in client.list_objects(bucket.name, recursive=True)
+                if item.object_name is not None
+            ]
+            # Deletion errors come back lazily, one per object that stayed.
+            failed = list(client.remove_objects(bucket.name, map(DeleteObject, names)))
+            if failed:
+                raise RuntimeError(f"{len(failed)} objects stayed in {bucket.name}: {failed[0]}")
+            client.remove_bucket(bucket.name)
+            removed.append(bucket.name)
+        return removed
+
+    return await asyncio.to_thread(remove)

@@ -1,5 +1,5 @@
-"""genrelay end to end: relay replicas in child processes against the emulator at zero
-inference time, one small PNG per job.
+"""genrelay end to end: relay replicas in child processes against the emulator (at zero
+inference time unless the run says otherwise), one small PNG per job.
 
 A run has three phases on the same replicas:
 
@@ -9,6 +9,9 @@ A run has three phases on the same replicas:
    process over the same interval;
 3. paced: jobs offered at `Plan.paced_share` of the burst's throughput, so the hop latencies
    are genrelay's own rather than time spent queueing behind a saturated CPU.
+
+A run may change the provider's conditions and the relay's settings, and ask for the burst's
+end-to-end latencies (request produced → completion appended) instead of the paced phase.
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from genrelay.bench.context import Bench
+from genrelay.bench.context import Bench, Plan
 from genrelay.bench.hops import Histogram, TopicTimes, parse_histograms
 from genrelay.bench.measure import CpuWatch, peak_rss_bytes, rss_bytes, summary_ms
 from genrelay.bench.profile import Profiler
 from genrelay.bench.services import (
     EmulatorProcess,
+    ProviderConditions,
     RelayFleet,
     create_topics,
     delete_topics,
@@ -35,7 +39,7 @@ from genrelay.bench.services import (
     relay_settings,
     spend,
 )
-from genrelay.bench.workload import CompletionWatch, RequestProducer
+from genrelay.bench.workload import Completion, CompletionWatch, RequestProducer
 from genrelay.schemas.topics import Topics
 
 # Without webhooks the relay learns outcomes by polling after this grace; at zero inference
@@ -50,18 +54,31 @@ _MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class RelayRun:
-    """One genrelay measurement: which mode, how many replicas, which phases."""
+    """One genrelay measurement: which mode, how many replicas, which phases, and what the
+    provider and the relay's settings differ in from the plain throughput run."""
 
     name: str
     webhooks: bool = True
     replicas: int = 1
     paced: bool = True
     profile: bool = False
+    # The burst's size; None: the plan's `jobs`.
+    jobs: int | None = None
+    # None: zero run time, losing the plan's share of webhooks.
+    provider: ProviderConditions | None = None
+    relay_settings: Mapping[str, Any] = field(default_factory=dict)
+    end_to_end: bool = False
+
+    def conditions(self, plan: Plan) -> ProviderConditions:
+        if self.provider is not None:
+            return self.provider
+        return ProviderConditions(webhook_loss=plan.webhook_loss if self.webhooks else 0.0)
 
 
-def wait_budget(jobs: int) -> float:
-    """Seconds to wait for `jobs` completions before calling the run stuck (≥ 20 jobs/s)."""
-    return max(120.0, jobs / 20)
+def wait_budget(jobs: int, slowest_job: float = 0.0) -> float:
+    """Seconds to wait for `jobs` completions before calling the run stuck (≥ 20 jobs/s),
+    plus the longest a single job may take."""
+    return max(120.0, jobs / 20) + slowest_job
 
 
 async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
@@ -70,17 +87,15 @@ async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
     bootstrap = bench.stack.kafka_bootstrap
     await create_topics(bootstrap, topics, bench.plan.partitions)
     try:
-        loss = bench.plan.webhook_loss if run.webhooks else 0.0
+        conditions = run.conditions(bench.plan)
         async with EmulatorProcess(
-            bench.workdir,
-            f"{run.name}-emulator",
-            run_latency="fixed:0",
-            webhook_loss_rate=str(loss),
+            bench.workdir, f"{run.name}-emulator", **conditions.flags()
         ) as emulator:
             overrides: dict[str, Any] = {}
-            if not run.webhooks or loss > 0:
+            if not run.webhooks or conditions.webhook_loss > 0:
                 # Keys without a webhook finish by polling: a short grace keeps the run short.
                 overrides["poll_grace_seconds"] = POLL_GRACE_WITHOUT_WEBHOOKS
+            overrides.update(run.relay_settings)
             settings = relay_settings(bench, topics, emulator, webhooks=run.webhooks, **overrides)
             async with (
                 RelayFleet(settings, run.replicas, bench.workdir, f"{run.name}-relay") as fleet,
@@ -93,8 +108,10 @@ async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
                     "webhooks": run.webhooks,
                     "partitions": settings.partitions,
                     "max_in_flight": settings.max_in_flight,
+                    "max_in_flight_per_endpoint": settings.max_in_flight_per_endpoint,
+                    "max_buffered_records": settings.max_buffered_records,
                     "poll_grace_seconds": settings.poll_grace_seconds,
-                    "emulator_run_latency_ms": 0,
+                    "provider": conditions.as_json(),
                 }
                 return figures
     finally:
@@ -111,18 +128,26 @@ async def _phases(
     watch: CompletionWatch,
 ) -> dict[str, Any]:
     plan = bench.plan
+    jobs = plan.jobs if run.jobs is None else run.jobs
+    conditions = run.conditions(plan)
+    # A key whose webhook is lost waits out the grace before its first poll.
+    slowest = conditions.slowest_job_seconds() + fleet.replicas[0].settings.poll_grace_seconds
+
+    def budget(keys: list[str]) -> float:
+        return wait_budget(len(keys), slowest)
+
     idle_rss = sum(rss_bytes(pid) for pid in fleet.pids.values())
     warm = bench.keys(run.name, "warm", plan.warmup)
     await producer.burst(topics.requests, warm)
-    await watch.wait(warm, wait_budget(len(warm)), fleet.check)
+    await watch.wait(warm, budget(warm), fleet.check)
 
-    burst = bench.keys(run.name, "burst", plan.jobs)
+    burst = bench.keys(run.name, "burst", jobs)
     pids = {**fleet.pids, "emulator": emulator.pid, **bench.infra_pids(), "bench": os.getpid()}
     before = await _scrape(fleet.admin_ports)
     cpu = CpuWatch(pids).start()
     async with _profiled(bench, run, fleet) as profile:
         started = await producer.burst(topics.requests, burst)
-        done = await watch.wait(burst, wait_budget(len(burst)), fleet.check)
+        done = await watch.wait(burst, budget(burst), fleet.check)
     spent = cpu.stop()
     after = await _scrape(fleet.admin_ports)
     rebalance = (after or {}).pop(REBALANCE_HISTOGRAM, None)
@@ -130,20 +155,20 @@ async def _phases(
         before.pop(REBALANCE_HISTOGRAM, None)
     transfer = _transfer_delta(before, after)
     finished = max(c.appended_ms for c in done.values()) / 1000
-    per_second = plan.jobs / (finished - started)
+    per_second = jobs / (finished - started)
     relay_cpu = sum(spent.process_seconds.get(name, 0.0) for name in fleet.pids)
     figures: dict[str, Any] = {
-        "jobs": plan.jobs,
+        "jobs": jobs,
         "jobs_per_second": round(per_second, 1),
         "burst_seconds": round(finished - started, 2),
-        "not_succeeded": dict(Counter(c.status for c in done.values() if c.status != "succeeded")),
-        "relay_cpu_ms_per_job": round(relay_cpu / plan.jobs * 1000, 3),
+        **outcomes(done.values(), conditions),
+        "relay_cpu_ms_per_job": round(relay_cpu / jobs * 1000, 3),
         "emulator_cpu_ms_per_job": round(
-            spent.process_seconds.get("emulator", 0.0) / plan.jobs * 1000, 3
+            spent.process_seconds.get("emulator", 0.0) / jobs * 1000, 3
         ),
         "cpu": spent.as_json(),
         "transfer_from_metrics_ms": transfer,
-        "webhook_loss": plan.webhook_loss if run.webhooks else None,
+        "webhook_loss": conditions.webhook_loss if run.webhooks else None,
         # p50/p99 are bucket bounds (0.5, 1, 5, 10, 50, 100 ms, ...).
         "rebalance_callback_ms": rebalance.summary_ms() if rebalance is not None else None,
     }
@@ -155,7 +180,7 @@ async def _phases(
         paced = bench.keys(run.name, "paced", plan.paced_jobs)
         offered = per_second * plan.paced_share
         await producer.paced(topics.requests, paced, offered)
-        await watch.wait(paced, wait_budget(len(paced)) + len(paced) / offered, fleet.check)
+        await watch.wait(paced, budget(paced) + len(paced) / offered, fleet.check)
         figures["paced_offered_jobs_per_second"] = round(offered, 1)
 
     figures["relay_idle_rss_mb"] = round(idle_rss / _MB, 1)
@@ -166,8 +191,12 @@ async def _phases(
     submissions = await emulator.submissions()
     figures["provider_calls"] = provider_calls(await emulator.stats(), len(everyone))
     figures["spend"] = spend(submissions, set(everyone))
+    if not paced and not run.end_to_end:
+        return figures
+    times = await TopicTimes.read(bench.stack.kafka_bootstrap, topics, submissions)
+    if run.end_to_end:
+        figures["end_to_end_ms"] = times.end_to_end(burst)
     if paced:
-        times = await TopicTimes.read(bench.stack.kafka_bootstrap, topics, submissions)
         figures["hops_at_saturation"] = times.hops(burst)
         figures["hops"] = times.hops(paced)
         if run.webhooks:
@@ -175,6 +204,28 @@ async def _phases(
                 emulator, times, paced[:_WEBHOOK_SAMPLE]
             )
     return figures
+
+
+def outcomes(done: Iterable[Completion], conditions: ProviderConditions) -> dict[str, Any]:
+    """Jobs that did not succeed, by status: `not_succeeded` fails the run, while failures of
+    the type the provider was told to inject are expected (`failed_as_injected`)."""
+    unexpected: Counter[str] = Counter()
+    injected = 0
+    for completion in done:
+        if completion.status == "succeeded":
+            continue
+        if (
+            conditions.failure_rate
+            and completion.status == "failed"
+            and completion.error_type == conditions.failure_type
+        ):
+            injected += 1
+        else:
+            unexpected[completion.status] += 1
+    found: dict[str, Any] = {"not_succeeded": dict(unexpected)}
+    if conditions.failure_rate:
+        found["failed_as_injected"] = injected
+    return found
 
 
 @contextlib.asynccontextmanager

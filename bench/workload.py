@@ -78,10 +78,12 @@ class RequestProducer:
 
 @dataclass(frozen=True)
 class Completion:
-    """One completion event as the bench needs it: when the broker took it, and its status."""
+    """One completion event as the bench needs it: when the broker took it, its status and
+    the type of its error, if any."""
 
     appended_ms: int
     status: str
+    error_type: str | None = None
 
 
 class CompletionWatch:
@@ -132,5 +134,6 @@ class CompletionWatch:
     def _take(self, record: Any) -> None:
         key = record.key.decode()
         if key not in self.seen:
-            status = str(json.loads(record.value)["status"])
-            self.seen[key] = Completion(record.timestamp, status)
+            event = json.loads(record.value)
+            error = event.get("error") or {}
+            self.seen[key] = Completion(record.timestamp, str(event["status"]), error.get("type"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,12 @@ from genrelay.bench.fairness import FloodPlan, _late_waits
 from genrelay.bench.hops import Histogram, LedgerTimes, TopicTimes, parse_histograms
 from genrelay.bench.measure import percentile, summary_ms
 from genrelay.bench.profile import summarise
+from genrelay.bench.realistic import naive_over_genrelay
 from genrelay.bench.report import missing_figures, required_figures, spend_summary
-from genrelay.bench.runner import expand
-from genrelay.bench.services import provider_calls, spend
+from genrelay.bench.runner import _errors, expand
+from genrelay.bench.services import ProviderConditions, provider_calls, spend
+from genrelay.bench.throughput import outcomes
+from genrelay.bench.workload import Completion
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -126,8 +130,64 @@ def test_baselines_bring_the_throughput_run_they_are_compared_with() -> None:
     assert expand(["baselines"]) == ["throughput", "baselines"]
     assert expand(["scale"]) == ["scale.in-flight", "scale.replicas", "scale.restore"]
     assert expand([])[0] == "throughput"
-    assert "fairness" in expand([])
+    assert {"fairness", "backlog", "realistic"} <= set(expand([]))
     assert expand([])[-1] == "scale.restore"
+
+
+def test_the_backlog_runs_after_the_throughput_run_it_is_set_beside() -> None:
+    assert expand(["backlog", "throughput"]) == ["throughput", "backlog"]
+    assert expand(["backlog"]) == ["backlog"]
+    units = ["throughput", "backlog"]
+    assert "backlog.without_backlog.jobs_per_second" in required_figures(Plan(), units)
+    assert "backlog.without_backlog.jobs_per_second" not in required_figures(Plan(), ["backlog"])
+
+
+def test_provider_conditions_become_emulator_flags() -> None:
+    busy = ProviderConditions(
+        run_median_ms=3000, run_sigma=0.5, webhook_loss=0.1, failure_rate=0.05, runners=1000
+    )
+    assert busy.flags() == {
+        "run_latency": "lognormal:3000:0.5",
+        "webhook_loss_rate": "0.1",
+        "failure_rate": "0.05",
+        "failure_types": "runner_server_error",
+        "concurrency": "1000",
+    }
+    assert ProviderConditions().flags() == {"run_latency": "fixed:0", "webhook_loss_rate": "0.0"}
+    assert busy.slowest_job_seconds() == pytest.approx(3 * 7.389, rel=1e-3)
+
+
+def test_injected_failures_are_expected_and_other_failures_are_not() -> None:
+    done = [
+        Completion(1, "succeeded"),
+        Completion(2, "failed", "runner_server_error"),
+        Completion(3, "failed", "download_failed"),
+        Completion(4, "expired"),
+    ]
+    injecting = ProviderConditions(failure_rate=0.05)
+    assert outcomes(done, injecting) == {
+        "not_succeeded": {"failed": 1, "expired": 1},
+        "failed_as_injected": 1,
+    }
+    assert outcomes(done, ProviderConditions()) == {"not_succeeded": {"failed": 2, "expired": 1}}
+
+
+def test_failures_as_injected_leave_the_run_ok_and_others_do_not() -> None:
+    ours: dict[str, Any] = {"not_succeeded": {}, "failed_as_injected": 5}
+    naive = {"errors": 0, "failed_as_injected": 4}
+    assert not _errors({"realistic": {"genrelay": ours, "naive": naive}})
+    ours["not_succeeded"] = {"failed": 1}
+    assert _errors({"realistic": {"genrelay": ours, "naive": naive}})
+
+
+def test_naive_spend_is_a_multiple_of_genrelays() -> None:
+    ours = {"provider_calls": {"per_job": 3.2}, "relay_cpu_ms_per_job": 8.0}
+    naive = {"provider_calls": {"per_job": 32.0}, "cpu_ms_per_job": 20.0}
+    assert naive_over_genrelay(ours, naive) == {
+        "provider_calls_per_job": 10.0,
+        "cpu_ms_per_job": 2.5,
+    }
+    assert naive_over_genrelay({"error": "x"}, naive)["cpu_ms_per_job"] is None
 
 
 def test_command_line_builds_the_smoke_plan_and_reads_a_stack_file(tmp_path: Path) -> None:

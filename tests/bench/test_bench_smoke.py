@@ -1,5 +1,6 @@
 """`genrelay bench --smoke` works end to end on the session's stack: every scenario runs, every
-figure is reported, and every key was paid for exactly once. How fast is not checked here."""
+figure is reported, every key was paid for exactly once, and the run leaves no bucket behind.
+How fast is not checked here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
 from genrelay.bench.context import Plan
 from genrelay.bench.report import lookup, render_table, write_json
@@ -16,7 +18,7 @@ from genrelay.deploy.local.stack import StackInfo
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(420)
 async def test_smoke_bench_reports_every_figure_and_pays_once_per_key(
     stack: StackInfo, tmp_path: Path
 ) -> None:
@@ -35,3 +37,18 @@ async def test_smoke_bench_reports_every_figure_and_pays_once_per_key(
     write_json(results, out)
     assert json.loads(out.read_text())["scenarios"]["spend"]["per_key"] == 1.0
     assert "1.000" in render_table(results)
+
+    run_bucket = f"bench-{results['meta']['run_id']}"
+    assert run_bucket in results["meta"]["buckets_removed"]
+    client = Minio(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=False,
+    )
+    left = [
+        bucket.name
+        for bucket in client.list_buckets()
+        if bucket.name == run_bucket or bucket.name.startswith(run_bucket + "-")
+    ]
+    assert left == []
