@@ -12,8 +12,6 @@ only the ledger's tail (see `state_store`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -61,7 +59,6 @@ class _Reading:
     open_values: dict[str, bytes] = field(default_factory=dict)
     finished: dict[str, StoredState] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
-    writing: asyncio.Task[None] | None = None
 
     def apply(
         self, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
@@ -81,25 +78,13 @@ class _Reading:
             self.deleted.discard(key)
             self.open_values[key] = value
 
-    async def flush(self, *, unless_below: int = 0) -> None:
-        """Hand what was gathered to the store, once at least `unless_below` states are.
-
-        The store writes on a thread (SQLite lets go of the GIL while it writes) while the
-        loop goes on decoding the next records: one batch in flight at a time, in order."""
+    def flush(self, *, unless_below: int = 0) -> None:
+        """Hand what was gathered to the store, once at least `unless_below` states are."""
         if len(self.finished) + len(self.deleted) < unless_below:
             return
-        deleted, finished = self.deleted, list(self.finished.values())
-        self.deleted, self.finished = set(), {}
-        await self.written()
-        self.writing = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self.store.replace, deleted, finished)
-        )
-
-    async def written(self) -> None:
-        """Wait until the batch handed to the store is in it."""
-        if self.writing is not None:
-            writing, self.writing = self.writing, None
-            await writing
+        self.store.replace(self.deleted, self.finished.values())
+        self.deleted.clear()
+        self.finished.clear()
 
 
 def _classify(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[bool, float]:
@@ -303,20 +288,12 @@ class Ledger:
             else:
                 store.clear()  # nothing in it can be trusted: rebuild it from the topic
                 await consumer.seek_to_beginning(tp)
-        try:
-            read = await self._read(consumer, readings)
-        except BaseException:
-            # A batch still being written must land before anyone may close its store.
-            for reading in readings.values():
-                with contextlib.suppress(Exception):
-                    await reading.written()
-            raise
+        read = await self._read(consumer, readings)
         if self.spend is not None:
             await self.spend.load(tp.partition for tp in wanted)
         keys = 0
         for tp, reading in readings.items():
-            await reading.flush()
-            await reading.written()
+            reading.flush()
             reading.store.settle()
             for key, value in reading.open_values.items():
                 self._open[key] = LedgerRecord.model_validate_json(value)
@@ -358,7 +335,7 @@ class Ledger:
                         continue
                     read += 1
                     reading.apply(message.key.decode(), message.value, message.headers)
-                await reading.flush(unless_below=_STORE_BATCH)
+                reading.flush(unless_below=_STORE_BATCH)
             for tp in list(remaining):
                 if await consumer.position(tp) >= readings[tp].end:
                     remaining.discard(tp)
