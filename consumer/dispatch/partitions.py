@@ -213,7 +213,7 @@ class Ownership:
 
     def _start_open(self, partition: int) -> None:
         self._states[partition] = State.RESTORING
-        task = asyncio.get_running_loop().create_task(self._open(partition))
+        task = asyncio.get_running_loop().create_task(self._open([partition]))
         self._tasks[partition] = task
         task.add_done_callback(self._task_done)
 
@@ -259,11 +259,9 @@ class Ownership:
                 self._writers.add(writer)
         await _close_all([w for w in writers if w.partition not in wanted])
         self.last_restore = await self._ledger.restore(wanted)
-        for partition in wanted:
-            if self._restoring(partition):
-                await self._open(partition)
-            else:
-                self._ledger.release([partition])  # it left while being read
+        # One that left while being read is let go.
+        self._ledger.release([p for p in wanted if not self._restoring(p)])
+        await self._open([p for p in wanted if self._restoring(p)])
         self._on_change()
 
     def _restoring(self, partition: int) -> bool:
@@ -289,29 +287,38 @@ class Ownership:
             max_request_size=self._config.max_record_bytes,
         )
 
-    async def _open(self, partition: int) -> None:
-        """Position the input at the offsets committed with the restored state; then read."""
+    async def _open(self, partitions: list[int]) -> None:
+        """Position the input at the offsets committed with the restored state; then read.
+
+        All at once: a position lookup waits behind the fetcher's long poll on the broker's
+        connection (about 0.5 s), once for the lot instead of once per partition."""
         consumer = self._consumer
         assert consumer is not None
-        keyed = self.keyed(partition)
+        keyed = {partition: self.keyed(partition) for partition in partitions}
+        opened: list[int] = []
         try:
-            committed = {tp: await consumer.committed(tp) for tp in keyed}
-            if not self._restoring(partition):
-                return
-            for tp, offset in committed.items():
-                if offset is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, offset)
-            consumer.resume(*keyed)
+            committed = {tp: await consumer.committed(tp) for tps in keyed.values() for tp in tps}
+            fresh = [tp for tp, offset in committed.items() if offset is None]
+            starts = await consumer.beginning_offsets(fresh) if fresh else {}
+            for partition in partitions:
+                if not self._restoring(partition):
+                    continue  # it left while the offsets were looked up
+                for tp in keyed[partition]:
+                    offset = committed[tp]
+                    consumer.seek(tp, starts[tp] if offset is None else offset)
+                consumer.resume(*keyed[partition])
+                opened.append(partition)
         except IllegalStateError:
-            # A rebalance is under way: the assignment that ends it positions the partition.
-            self._states[partition] = State.RESTORED
+            # A rebalance is under way: the assignment that ends it positions the partitions.
+            for partition in partitions:
+                if self._restoring(partition):
+                    self._states[partition] = State.RESTORED
             return
-        for tp in keyed:
-            self.offsets[tp] = PartitionOffsets()
-        self._jobs.resume(partition)
-        self._states[partition] = State.READY
+        for partition in opened:
+            for tp in keyed[partition]:
+                self.offsets[tp] = PartitionOffsets()
+            self._jobs.resume(partition)
+            self._states[partition] = State.READY
 
     # --- giving partitions up -------------------------------------------------------------
 
