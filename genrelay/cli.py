@@ -76,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_local())
     if args.command == "run":
-        from genrelay.consumer.service.process import run_relay
+        from genrelay.consumer.service.process import serve
 
-        return asyncio.run(run_relay())
+        return serve()
     if args.command == "submit":
         from genrelay.producers import submit_command
 
