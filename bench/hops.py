@@ -193,3 +193,15 @@ def parse_histograms(text: str, names: Iterable[str]) -> dict[str, Histogram]:
         if seen:
             found[name] = Histogram(tuple(sorted(buckets.items())), total, count)
     return found
+
+
+def parse_counters(text: str, names: Iterable[str]) -> dict[str, float]:
+    """The named counters of a Prometheus text exposition (`name_total`), summed over labels."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        base = metric.split("{", 1)[0]
+        for name in names:
+            if base == name + "_total":
+                found[name] = found.get(name, 0.0) + float(value)
+    return found

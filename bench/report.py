@@ -153,6 +153,14 @@ def _rows_throughput(t: dict[str, Any]) -> list[tuple[str, str]]:
         ("relay peak RSS", f"{_n(t.get('relay_peak_rss_mb'))} MB"),
         ("provider HTTP calls per job", _n(calls.get("per_job"), 2)),
     ]
+    if committed := t.get("transactions"):
+        rows.append(
+            (
+                "Kafka transactions per job (burst)",
+                f"{_n(committed.get('per_job'), 2)} · {_n(committed.get('records_per_job'), 2)}"
+                f" records/job · {_n(committed.get('records_per_transaction'), 2)} records each",
+            )
+        )
     if failed := t.get("not_succeeded"):
         rows.append(("jobs that did not succeed (burst)", json.dumps(failed)))
     cpu = t.get("cpu", {})

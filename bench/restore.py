@@ -178,6 +178,9 @@ async def restore(bench: Bench) -> dict[str, Any]:
         began = time.monotonic()
         await fill(bootstrap, topic, template, f"bench-{bench.run_id}-restore", keys)
         filled = time.monotonic() - began
+        # The partition was written long before a replica restores it: its pages are on disk,
+        # not still being written back while the restore writes its own store.
+        await asyncio.to_thread(os.sync)
         return await _timed_restore(bootstrap, topic, keys, filled, len(template))
     finally:
         gc.collect()

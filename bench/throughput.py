@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from genrelay.bench.context import Bench, Plan
-from genrelay.bench.hops import Histogram, TopicTimes, parse_histograms
+from genrelay.bench.hops import Histogram, TopicTimes, parse_counters, parse_histograms
 from genrelay.bench.measure import CpuWatch, peak_rss_bytes, rss_bytes, summary_ms
 from genrelay.bench.profile import Profiler
 from genrelay.bench.services import (
@@ -48,6 +48,8 @@ POLL_GRACE_WITHOUT_WEBHOOKS = 1.0
 TRANSFER_HISTOGRAMS = ("genrelay_download_duration_seconds", "genrelay_upload_duration_seconds")
 # Every assignment callback since the relays started (heartbeats wait for it; goal ≤ 100 ms).
 REBALANCE_HISTOGRAM = "genrelay_rebalance_callback_duration_seconds"
+# What the partition writers committed: transactions, and the records in them.
+TRANSACTION_COUNTERS = ("genrelay_transactions", "genrelay_transaction_records")
 _WEBHOOK_SAMPLE = 200
 _MB = 1024 * 1024
 
@@ -144,12 +146,16 @@ async def _phases(
     burst = bench.keys(run.name, "burst", jobs)
     pids = {**fleet.pids, "emulator": emulator.pid, **bench.infra_pids(), "bench": os.getpid()}
     before = await _scrape(fleet.admin_ports)
+    committed_before = await _counters(fleet.admin_ports, TRANSACTION_COUNTERS)
     cpu = CpuWatch(pids).start()
     async with _profiled(bench, run, fleet) as profile:
         started = await producer.burst(topics.requests, burst)
         done = await watch.wait(burst, budget(burst), fleet.check)
     spent = cpu.stop()
     after = await _scrape(fleet.admin_ports)
+    committed = _transactions(
+        committed_before, await _counters(fleet.admin_ports, TRANSACTION_COUNTERS), jobs
+    )
     rebalance = (after or {}).pop(REBALANCE_HISTOGRAM, None)
     if before is not None:
         before.pop(REBALANCE_HISTOGRAM, None)
@@ -168,6 +174,7 @@ async def _phases(
         ),
         "cpu": spent.as_json(),
         "transfer_from_metrics_ms": transfer,
+        "transactions": committed,
         "webhook_loss": conditions.webhook_loss if run.webhooks else None,
         # p50/p99 are bucket bounds (0.5, 1, 5, 10, 50, 100 ms, ...).
         "rebalance_callback_ms": rebalance.summary_ms() if rebalance is not None else None,
@@ -256,6 +263,36 @@ async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
                 previous = merged.get(name)
                 merged[name] = histogram if previous is None else _add(previous, histogram)
     return merged or None
+
+
+async def _counters(ports: list[int], names: tuple[str, ...]) -> dict[str, float] | None:
+    """The relays' counters from `/metrics`, summed; None if one could not be read."""
+    merged: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for port in ports:
+            try:
+                response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            except httpx.HTTPError:
+                return None
+            if response.status_code != 200:
+                return None
+            for name, value in parse_counters(response.text, names).items():
+                merged[name] = merged.get(name, 0.0) + value
+    return merged
+
+
+def _transactions(
+    before: dict[str, float] | None, after: dict[str, float] | None, jobs: int
+) -> dict[str, float | None] | None:
+    """Transactions per job and records per transaction over the burst."""
+    if before is None or after is None:
+        return None
+    transactions, records = (after.get(n, 0.0) - before.get(n, 0.0) for n in TRANSACTION_COUNTERS)
+    return {
+        "per_job": round(transactions / jobs, 3) if jobs else None,
+        "records_per_job": round(records / jobs, 3) if jobs else None,
+        "records_per_transaction": round(records / transactions, 2) if transactions else None,
+    }
 
 
 def _add(a: Histogram, b: Histogram) -> Histogram:

@@ -12,7 +12,13 @@ import pytest
 from genrelay.bench.cli import add_arguments, plan_from, read_stack
 from genrelay.bench.context import Plan
 from genrelay.bench.fairness import FloodPlan, _late_waits
-from genrelay.bench.hops import Histogram, LedgerTimes, TopicTimes, parse_histograms
+from genrelay.bench.hops import (
+    Histogram,
+    LedgerTimes,
+    TopicTimes,
+    parse_counters,
+    parse_histograms,
+)
 from genrelay.bench.measure import percentile, summary_ms
 from genrelay.bench.profile import summarise
 from genrelay.bench.realistic import naive_over_genrelay
@@ -55,6 +61,23 @@ def test_histogram_difference_is_what_was_observed_in_between() -> None:
     between = later.minus(earlier)
     assert between.buckets == ((0.05, 20.0), (float("inf"), 30.0))
     assert (between.total, between.count) == pytest.approx((1.8, 30.0))
+
+
+def test_counters_are_summed_over_their_labels_and_others_ignored() -> None:
+    text = "\n".join(
+        [
+            "# TYPE genrelay_transactions_total counter",
+            'genrelay_transactions_total{replica="a"} 40.0',
+            'genrelay_transactions_total{replica="b"} 2.0',
+            "genrelay_transaction_records_total 130.0",
+            "genrelay_transactions_created 1.7e9",
+        ]
+    )
+    names = ("genrelay_transactions", "genrelay_transaction_records")
+    assert parse_counters(text, names) == {
+        "genrelay_transactions": 42.0,
+        "genrelay_transaction_records": 130.0,
+    }
 
 
 def test_webhook_hop_leaves_out_the_file_transfer() -> None:
