@@ -7,7 +7,8 @@ and *p*. Initialising that id fences every earlier owner: the broker aborts its 
 transaction and refuses everything it sends afterwards, so a paused or cut-off replica that
 has not noticed it lost *p* can change nothing. A write counts only once its transaction has
 committed; callers wait for that before any effect that depends on it (the paid POST above
-all). Writes queue for a short tick and commit together, so a transaction carries many.
+all). Writes that come while a transaction commits queue for a short tick and commit
+together, so under load a transaction carries many; a write after a quiet spell commits at once.
 
 The new owner starts its writer (fencing) before it reads the ledger, and reads committed data
 only, so a write abandoned by the old owner can never appear behind the state it restored.
@@ -143,6 +144,7 @@ class PartitionWriter:
         # Offsets ride along only when asked (each commit interval) or when a batch finishes
         # input records: adding them costs a transaction two more round trips.
         self._offsets_wanted = False
+        self._last_began = -tick_seconds  # when the last transaction began (monotonic)
         self._task: asyncio.Task[None] | None = None
         self._broken: BaseException | None = None
         self._closing = False
@@ -225,7 +227,11 @@ class PartitionWriter:
             self._wakeup.clear()
             if self._closing and not self._pending and not self._offsets_due():
                 return
-            await asyncio.sleep(self._tick)  # let a tick's writes gather into one transaction
+            # At most one transaction per tick: a write after a quiet spell commits at once,
+            # writes that come while one commits wait for the tick and commit together.
+            if (wait := self._last_began + self._tick - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            self._last_began = time.monotonic()
             batches, self._pending = self._pending, []
             try:
                 committed = await self._commit(batches)
