@@ -57,6 +57,10 @@ class MemoryLedger:
     def get(self, key: str, partition: int | None = None) -> LedgerRecord | None:
         return self.states.get(key)
 
+    def is_open(self, key: str) -> bool:
+        state = self.states.get(key)
+        return state is not None and not (state.terminal and state.published)
+
     def keys_in(self, partition: int) -> list[str]:
         """The open keys of a partition (finished ones live in the store, as with `Ledger`)."""
         return [

@@ -44,6 +44,10 @@ class KeyStates(Protocol):
         """The open keys of a partition."""
         ...
 
+    def is_open(self, key: str) -> bool:
+        """Whether the key has a state that is not finished and announced (cheap: no read)."""
+        ...
+
     async def write(
         self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
     ) -> None:
@@ -601,9 +605,8 @@ class Jobs:
 
     def _maybe_forget(self, actor: _Actor) -> None:
         # Finished keys keep only their ledger record; the actor object is dropped.
-        record = self._ledger.get(actor.key, actor.partition)
         idle = not actor.inbox and actor.timer is None and actor.slot_wait is None
-        if idle and (record is None or (record.terminal and record.published)):
+        if idle and not self._ledger.is_open(actor.key):
             self._drop(actor)
 
     def _park(self, actor: _Actor, tenant: str) -> None:

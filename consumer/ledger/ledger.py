@@ -146,6 +146,11 @@ class Ledger:
                 return LedgerRecord.model_validate_json(value)
         return None
 
+    def is_open(self, key: str) -> bool:
+        """Whether the key has a state that is not finished and announced (held in memory)."""
+        record = self._open.get(key)
+        return record is not None and not (record.terminal and record.published)
+
     def keys_in(self, partition: int) -> list[str]:
         """The open keys of a partition."""
         return [k for k, p in self._partition_of.items() if p == partition]

@@ -113,10 +113,14 @@ async def test_a_finished_announced_key_is_no_longer_open_but_is_still_answered(
     owned: Owned,
 ) -> None:
     await owned.states.write(_record("done", Phase.SUBMITTED), 0)
+    assert owned.states.is_open("done")
     await owned.states.write(_record("done", Phase.COMPLETED, published=True), 0)
     await owned.states.write(_record("built", Phase.FAILED), 0)  # built, not yet announced
     assert owned.states.keys_in(0) == ["built"]
-    finished = owned.states.get("done")
+    assert not owned.states.is_open("done")
+    assert owned.states.is_open("built")
+    assert not owned.states.is_open("never-seen")
+    finished = owned.states.get("done", 0)
     assert finished is not None
     assert finished.phase is Phase.COMPLETED  # a duplicate can still be replayed its event
 
