@@ -34,7 +34,7 @@ class Plan:
     backlog_jobs: int = 10_000
     backlog_limit: int = 50
     # Jobs and jobs in flight against a provider with realistic run times and faults.
-    realistic_jobs: int = 3_000
+    realistic_jobs: int = 2_000
     realistic_concurrency: int = 1_000
 
     @classmethod

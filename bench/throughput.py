@@ -77,10 +77,10 @@ class RelayRun:
         return ProviderConditions(webhook_loss=plan.webhook_loss if self.webhooks else 0.0)
 
 
-def wait_budget(jobs: int, slowest_job: float = 0.0) -> float:
-    """Seconds to wait for `jobs` completions before calling the run stuck (≥ 20 jobs/s),
-    plus the longest a single job may take."""
-    return max(120.0, jobs / 20) + slowest_job
+def wait_budget(jobs: int, slowest_job: float = 0.0, least_rate: float = 20.0) -> float:
+    """Seconds to wait for `jobs` completions before calling the run stuck (at least
+    `least_rate` jobs/s), plus the longest a single job may take."""
+    return max(120.0, jobs / least_rate) + slowest_job
 
 
 async def run_genrelay(bench: Bench, run: RelayRun) -> dict[str, Any]:
