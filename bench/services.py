@@ -103,6 +103,7 @@ class EmulatorProcess:
             argv += ["--" + flag.replace("_", "-"), value]
         self.process = ManagedProcess(name, argv, workdir / f"{name}.log")
         self.base_url = ""
+        self._log_start = 0
         self._http = httpx.AsyncClient(timeout=120.0)
 
     @property
@@ -115,6 +116,9 @@ class EmulatorProcess:
         return self.process.pid
 
     async def __aenter__(self) -> Self:
+        # The log is appended to: an earlier emulator's address in it must not be taken.
+        log = self.process.log_path
+        self._log_start = log.stat().st_size if log.exists() else 0
         self.process.start()
         async with asyncio.timeout(60):
             while not (url := self._announced()):
@@ -127,7 +131,9 @@ class EmulatorProcess:
 
     def _announced(self) -> str:
         try:
-            lines = self.process.log_path.read_text(errors="replace").splitlines()
+            with self.process.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                lines = log.read().decode(errors="replace").splitlines()
         except FileNotFoundError:
             return ""
         return next((line for line in lines if _ANNOUNCED.fullmatch(line)), "")
