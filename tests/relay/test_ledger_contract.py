@@ -22,7 +22,8 @@ from genrelay.producers.kafka import read_topic
 from genrelay.schemas.ledger import LedgerRecord, Phase
 from tests.relay.harness import owned_partitions
 
-pytestmark = pytest.mark.integration
+# The broker is started before the fixture that asks for it on the broker runs only.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 EVENTS = "events"  # where a write's companion records go (a topic on the broker)
