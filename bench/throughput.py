@@ -247,9 +247,9 @@ async def _profiled(
         yield profiler
 
 
-async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
-    """The relays' transfer histograms from `/metrics`, summed; None if not exposed."""
-    merged: dict[str, Histogram] = {}
+async def _expositions(ports: list[int]) -> list[str] | None:
+    """Each relay's `/metrics` text; None if one could not be read."""
+    texts: list[str] = []
     async with httpx.AsyncClient(timeout=10.0) as client:
         for port in ports:
             try:
@@ -258,26 +258,33 @@ async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
                 return None
             if response.status_code != 200:
                 return None
-            wanted = (*TRANSFER_HISTOGRAMS, REBALANCE_HISTOGRAM)
-            for name, histogram in parse_histograms(response.text, wanted).items():
-                previous = merged.get(name)
-                merged[name] = histogram if previous is None else _add(previous, histogram)
+            texts.append(response.text)
+    return texts
+
+
+async def _scrape(ports: list[int]) -> dict[str, Histogram] | None:
+    """The relays' transfer histograms from `/metrics`, summed; None if not exposed."""
+    texts = await _expositions(ports)
+    if texts is None:
+        return None
+    merged: dict[str, Histogram] = {}
+    wanted = (*TRANSFER_HISTOGRAMS, REBALANCE_HISTOGRAM)
+    for text in texts:
+        for name, histogram in parse_histograms(text, wanted).items():
+            previous = merged.get(name)
+            merged[name] = histogram if previous is None else _add(previous, histogram)
     return merged or None
 
 
 async def _counters(ports: list[int], names: tuple[str, ...]) -> dict[str, float] | None:
     """The relays' counters from `/metrics`, summed; None if one could not be read."""
+    texts = await _expositions(ports)
+    if texts is None:
+        return None
     merged: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        for port in ports:
-            try:
-                response = await client.get(f"http://127.0.0.1:{port}/metrics")
-            except httpx.HTTPError:
-                return None
-            if response.status_code != 200:
-                return None
-            for name, value in parse_counters(response.text, names).items():
-                merged[name] = merged.get(name, 0.0) + value
+    for text in texts:
+        for name, value in parse_counters(text, names).items():
+            merged[name] = merged.get(name, 0.0) + value
     return merged
 
 
