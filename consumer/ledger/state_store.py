@@ -138,26 +138,22 @@ class PartitionStore:
         return self._db
 
     def put_many(self, states: Iterable[StoredState]) -> None:
-        rows = [(s.key, s.updated, int(s.finished), s.value) for s in states]
-        if rows:
-            with self._transaction():
-                self.db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", rows)
+        self.replace((), states)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        self.replace(keys, ())
 
     def replace(self, deleted: Iterable[str], states: Iterable[StoredState]) -> None:
-        """Delete `deleted`, then write `states`, in one transaction."""
+        """Delete `deleted`, then write `states`, in one transaction (none if both are empty)."""
         gone = [(key,) for key in deleted]
         rows = [(s.key, s.updated, int(s.finished), s.value) for s in states]
+        if not gone and not rows:
+            return
         with self._transaction():
             if gone:
                 self.db.executemany("DELETE FROM keys WHERE key = ?", gone)
             if rows:
                 self.db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", rows)
-
-    def delete_many(self, keys: Iterable[str]) -> None:
-        rows = [(key,) for key in keys]
-        if rows:
-            with self._transaction():
-                self.db.executemany("DELETE FROM keys WHERE key = ?", rows)
 
     def get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM keys WHERE key = ?", (key,)).fetchone()

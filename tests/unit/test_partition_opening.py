@@ -4,9 +4,11 @@ starts meanwhile leaves them restored, to be positioned by the assignment that e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
@@ -55,7 +57,16 @@ class ResumedKeys:
         return 0
 
 
-def ownership(consumer: FakeConsumer, jobs: ResumedKeys, tmp_path: Path) -> Ownership:
+@pytest.fixture
+def metrics() -> Iterator[RelayMetrics]:
+    metrics = RelayMetrics()
+    yield metrics
+    metrics.shutdown()
+
+
+def ownership(
+    consumer: FakeConsumer, jobs: ResumedKeys, tmp_path: Path, metrics: RelayMetrics
+) -> Ownership:
     config = OwnershipConfig("127.0.0.1:9", "group", 1.0, 1.0, 1024 * 1024)
     owned = Ownership(
         config,
@@ -63,7 +74,7 @@ def ownership(consumer: FakeConsumer, jobs: ResumedKeys, tmp_path: Path) -> Owne
         ledger=Ledger(Writers(), "127.0.0.1:9", TOPICS.ledger, tmp_path),
         jobs=cast(Jobs, jobs),
         writers=Writers(),
-        metrics=RelayMetrics(),
+        metrics=metrics,
         on_change=lambda: None,
         on_crash=lambda exc: None,
     )
@@ -72,12 +83,12 @@ def ownership(consumer: FakeConsumer, jobs: ResumedKeys, tmp_path: Path) -> Owne
 
 
 async def test_partitions_are_positioned_together_at_their_committed_offsets(
-    tmp_path: Path,
+    tmp_path: Path, metrics: RelayMetrics
 ) -> None:
     requests_0 = TopicPartition(TOPICS.requests, 0)
     consumer = FakeConsumer({requests_0: 42})
     jobs = ResumedKeys()
-    owned = ownership(consumer, jobs, tmp_path)
+    owned = ownership(consumer, jobs, tmp_path, metrics)
     for partition in (0, 1, 2):
         owned._states[partition] = State.RESTORING
     await owned._open([0, 1, 2])
@@ -90,10 +101,12 @@ async def test_partitions_are_positioned_together_at_their_committed_offsets(
     assert jobs.partitions == [0, 1, 2]
 
 
-async def test_a_partition_that_left_meanwhile_is_not_taken(tmp_path: Path) -> None:
+async def test_a_partition_that_left_meanwhile_is_not_taken(
+    tmp_path: Path, metrics: RelayMetrics
+) -> None:
     consumer = FakeConsumer({})
     jobs = ResumedKeys()
-    owned = ownership(consumer, jobs, tmp_path)
+    owned = ownership(consumer, jobs, tmp_path, metrics)
     owned._states[0] = State.RESTORING  # partition 1 was revoked while being read
     await owned._open([0, 1])
     assert owned.owned() == (0,)
@@ -101,10 +114,12 @@ async def test_a_partition_that_left_meanwhile_is_not_taken(tmp_path: Path) -> N
     assert jobs.partitions == [0]
 
 
-async def test_a_rebalance_under_way_leaves_them_restored_and_unread(tmp_path: Path) -> None:
+async def test_a_rebalance_under_way_leaves_them_restored_and_unread(
+    tmp_path: Path, metrics: RelayMetrics
+) -> None:
     consumer = FakeConsumer({}, assigned=False)
     jobs = ResumedKeys()
-    owned = ownership(consumer, jobs, tmp_path)
+    owned = ownership(consumer, jobs, tmp_path, metrics)
     for partition in (0, 1):
         owned._states[partition] = State.RESTORING
     await owned._open([0, 1])
