@@ -30,6 +30,7 @@ from genrelay.bench.services import delete_topics
 from genrelay.bench.workload import ENDPOINT, IMAGE_SIZE
 from genrelay.consumer.ledger.ledger import Ledger, state_headers
 from genrelay.consumer.ledger.partition_writer import Writers
+from genrelay.consumer.service.process import tune_collector
 from genrelay.schemas.completions import Artifact, CompletionEvent, Timings
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 
@@ -116,7 +117,9 @@ def record_template() -> str:
 
 
 def _value(template: str, prefix: str, n: int) -> tuple[bytes, bytes]:
-    key = f"{prefix}-{n:09d}"
+    # Keys in no particular order, like the UUIDs or hashes producers use: a store written in
+    # key order would flatter the rebuild (every insert at the end of its index).
+    key = f"{prefix}-{hashlib.sha256(f'{prefix}-{n}'.encode()).hexdigest()[:32]}"
     digest = hashlib.sha256(key.encode()).hexdigest()
     fields = {
         "key": key,
@@ -191,9 +194,11 @@ async def _timed_restore(
     bootstrap: str, topic: str, keys: int, filled: float, record_bytes: int
 ) -> dict[str, Any]:
     # The ledger only reads here: it owns no writers. Its stores live in a scratch folder.
+    thresholds = gc.get_threshold()
     with tempfile.TemporaryDirectory(prefix="bench-state-") as state:
         ledger = Ledger(Writers(), bootstrap, topic, Path(state))
         gc.collect()
+        tune_collector()  # the cyclic collector as the relay runs it
         rss_before, cpu_before = rss_bytes(os.getpid()), time.process_time()
         cold = await ledger.restore([0])
         cpu = time.process_time() - cpu_before
@@ -204,6 +209,8 @@ async def _timed_restore(
         again = Ledger(Writers(), bootstrap, topic, Path(state))
         warm = await again.restore([0])
         again.release([0])
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
     return {
         "keys": keys,
         "keys_restored": restored,

@@ -12,6 +12,7 @@ only the ledger's tail (see `state_store`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -35,9 +36,11 @@ _TERMINAL = frozenset(phase.value for phase in TERMINAL_PHASES)
 FINISHED_HEADER = "genrelay-finished"
 UPDATED_HEADER = "genrelay-updated"
 # Records fetched per batch while reading the topic (the group's heartbeats share the loop),
-# and finished states gathered before they go to the store in one transaction.
+# and finished states gathered before the store writes them in one transaction on a thread.
+# Small store batches keep little in memory (a 20,000 batch left 130 MB of freed but held
+# heap after 1,000,000 keys, a 2,000 one 55 MB) at no cost in speed.
 _BATCH = 2_000
-_STORE_BATCH = 20_000
+_STORE_BATCH = 2_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class _Reading:
     open_values: dict[str, bytes] = field(default_factory=dict)
     finished: dict[str, StoredState] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    # The batch the store is writing on a thread meanwhile (one at a time, in order).
+    writing: asyncio.Future[None] | None = None
 
     def apply(
         self, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
@@ -78,13 +83,26 @@ class _Reading:
             self.deleted.discard(key)
             self.open_values[key] = value
 
-    def flush(self, *, unless_below: int = 0) -> None:
-        """Hand what was gathered to the store, once at least `unless_below` states are."""
+    async def flush(self, *, unless_below: int = 0) -> None:
+        """Hand what was gathered to the store, once at least `unless_below` states are.
+
+        The store writes on a thread while reading goes on (SQLite's work, mostly copying
+        pages into the file, holds no GIL): a rebuild takes the longer of the two, not both.
+        """
         if len(self.finished) + len(self.deleted) < unless_below:
             return
-        self.store.replace(self.deleted, self.finished.values())
+        await self.written()
+        deleted, finished = list(self.deleted), list(self.finished.values())
         self.deleted.clear()
         self.finished.clear()
+        self.writing = asyncio.ensure_future(
+            asyncio.to_thread(self.store.replace, deleted, finished)
+        )
+
+    async def written(self) -> None:
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
 
 def _classify(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[bool, float]:
@@ -299,10 +317,13 @@ class Ledger:
         read = await self._read(consumer, readings)
         if self.spend is not None:
             await self.spend.load(tp.partition for tp in wanted)
+        for reading in readings.values():
+            await reading.flush()
+            await reading.written()
+        # Indexing a rebuilt store holds SQLite, not the GIL: off the loop, partitions at once.
+        await asyncio.gather(*(asyncio.to_thread(r.store.settle) for r in readings.values()))
         keys = 0
         for tp, reading in readings.items():
-            reading.flush()
-            reading.store.settle()
             for key, value in reading.open_values.items():
                 self._open[key] = LedgerRecord.model_validate_json(value)
                 self._partition_of[key] = tp.partition
@@ -343,7 +364,7 @@ class Ledger:
                         continue
                     read += 1
                     reading.apply(message.key.decode(), message.value, message.headers)
-                reading.flush(unless_below=_STORE_BATCH)
+                await reading.flush(unless_below=_STORE_BATCH)
             for tp in list(remaining):
                 if await consumer.position(tp) >= readings[tp].end:
                     remaining.discard(tp)

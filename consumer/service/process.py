@@ -25,16 +25,20 @@ async def run_relay() -> int:
         settings.log_level, json=settings.log_json, secrets=[s.get_secret_value() for s in secrets]
     )
     async with Relay(settings) as relay:
-        # What exists once the relay has started (modules, clients, schemas) lives as long as
-        # the process: kept out of the cyclic collector's passes, and with those passes made
-        # rarer, collection took 2.5% of the relay's CPU under load instead of 5.7%.
-        gc.freeze()
-        gc.set_threshold(*_GC_THRESHOLDS)
+        tune_collector()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, relay.stop)
         await relay.run()
     return 0
+
+
+def tune_collector() -> None:
+    """What exists once the relay has started (modules, clients, schemas) lives as long as the
+    process: kept out of the cyclic collector's passes, and with those passes made rarer,
+    collection took 2.5% of the relay's CPU under load instead of 5.7%."""
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 def serve() -> int:
