@@ -109,7 +109,7 @@ def record_template() -> str:
         finished_at=now,
         updated_at=now,
     )
-    text = record.model_dump_json().replace("%", "%%")
+    text = record.model_dump_json(exclude_defaults=True).replace("%", "%%")  # as `Ledger` does
     text = text.replace("0" * 64, "@@sha256@@").replace("1" * 64, "@@fingerprint@@")
     for name, placeholder in mark.items():
         text = text.replace(placeholder, f"%({name})s")

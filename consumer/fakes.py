@@ -32,7 +32,7 @@ from genrelay.consumer.provider.provider import (
 )
 from genrelay.schemas.base import to_json_bytes
 from genrelay.schemas.completions import Artifact, CompletionEvent
-from genrelay.schemas.ledger import LedgerRecord, ProviderJob
+from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 
 
 @dataclass
@@ -61,6 +61,10 @@ class MemoryLedger:
         state = self.states.get(key)
         return state is not None and not (state.terminal and state.published)
 
+    def phase(self, key: str) -> Phase | None:
+        state = self.states.get(key) if self.is_open(key) else None
+        return None if state is None else state.phase
+
     def keys_in(self, partition: int) -> list[str]:
         """The open keys of a partition (finished ones live in the store, as with `Ledger`)."""
         return [
@@ -76,7 +80,12 @@ class MemoryLedger:
         if partition in self.lost:
             raise Fenced(partition, "owned by another replica")
         key = record.idempotency_key
-        state = Outgoing("ledger", record.model_dump_json().encode(), key.encode(), partition)
+        state = Outgoing(
+            "ledger",
+            record.model_dump_json(exclude_defaults=True).encode(),
+            key.encode(),
+            partition,
+        )
         if too_big := [r for r in (state, *also) if r.size() > self.max_record_bytes]:
             raise RecordTooLarge(too_big[0].topic, too_big[0].size())
         self.states[record.idempotency_key] = record

@@ -13,8 +13,9 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from genrelay.consumer import lifecycle as lc
@@ -48,6 +49,10 @@ class KeyStates(Protocol):
         """Whether the key has a state that is not finished and announced (cheap: no read)."""
         ...
 
+    def phase(self, key: str) -> Phase | None:
+        """An open key's phase, None for others (cheap: no read)."""
+        ...
+
     async def write(
         self, record: LedgerRecord, partition: int, *, also: tuple[Outgoing, ...] = ()
     ) -> None:
@@ -70,11 +75,14 @@ class Timing:
 _Queued = tuple[lc.Event, Callable[[], None] | None, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Actor:
+    """A key's actor. A key waiting for news (most in-flight keys) holds about 250 bytes here:
+    no inbox until an event comes, no finished task."""
+
     key: str
     partition: int
-    inbox: deque[_Queued] = field(default_factory=deque)
+    inbox: deque[_Queued] | None = None
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
     slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
@@ -83,6 +91,21 @@ class _Actor:
     asked: int = 0  # times the provider could not say whether a webhook's request is ours
     hold: Callable[[], None] | None = None  # releases a budget reservation not yet committed
     closed: bool = False
+
+    def push(self, queued: _Queued, *, first: bool = False) -> None:
+        if self.inbox is None:
+            self.inbox = deque()
+        if first:
+            self.inbox.appendleft(queued)
+        else:
+            self.inbox.append(queued)
+
+    def take(self) -> _Queued:
+        assert self.inbox
+        queued = self.inbox.popleft()
+        if not self.inbox:
+            self.inbox = None
+        return queued
 
 
 class _Once:
@@ -158,7 +181,7 @@ class Jobs:
         actor = self._actors.get(key)
         if actor is None:
             actor = self._actors[key] = _Actor(key, partition)
-        actor.inbox.append((event, on_done, source))
+        actor.push((event, on_done, source))
         self._ensure_running(actor)
 
     def resume(self, partition: int) -> int:
@@ -217,10 +240,10 @@ class Jobs:
     def phases(self) -> dict[str, int]:
         """How many owned keys are in each open phase (for health and metrics)."""
         counts: dict[str, int] = {}
-        for key, actor in self._actors.items():
-            record = self._ledger.get(key, actor.partition)
-            phase = record.phase.value if record else "WAITING"
-            counts[phase] = counts.get(phase, 0) + 1
+        for key in self._actors:
+            phase = self._ledger.phase(key)
+            name = phase.value if phase else "WAITING"
+            counts[name] = counts.get(name, 0) + 1
         return counts
 
     # --- the actor loop -------------------------------------------------------------------
@@ -235,7 +258,12 @@ class Jobs:
         if actor.closed or (actor.task is not None and not actor.task.done()):
             return
         actor.task = asyncio.get_running_loop().create_task(self._run(actor), name=actor.key)
-        actor.task.add_done_callback(self._check_crash)
+        actor.task.add_done_callback(partial(self._ran, actor))
+
+    def _ran(self, actor: _Actor, task: asyncio.Task[None]) -> None:
+        if actor.task is task:
+            actor.task = None  # a finished task is of no more use, and holds memory
+        self._check_crash(task)
 
     def _check_crash(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -252,7 +280,7 @@ class Jobs:
 
     async def _drain_inbox(self, actor: _Actor) -> None:
         while actor.inbox and not actor.closed:
-            event, on_done, source = actor.inbox.popleft()
+            event, on_done, source = actor.take()
             record = self._ledger.get(actor.key, actor.partition)
             request_id = record.job.request_id if record and record.job else None
             trace_id = trace_id_of(record.traceparent) if record else None
@@ -569,14 +597,14 @@ class Jobs:
             actor.slot_wait = None
 
     def _deliver_internal(self, actor: _Actor, event: lc.Event) -> None:
-        actor.inbox.append((event, None, None))
+        actor.push((event, None, None))
         self._actors.setdefault(actor.key, actor)
         self._ensure_running(actor)
 
     def _next(self, actor: _Actor, event: lc.Event) -> None:
         """What an effect learnt: the key's next event, ahead of any that arrived meanwhile
         (the key's loop is running, so it takes it at once)."""
-        actor.inbox.appendleft((event, None, None))
+        actor.push((event, None, None), first=True)
 
     async def _hold_slot(self, actor: _Actor, record: LedgerRecord) -> bool:
         """Take a slot for the key; True when it had to wait for one."""

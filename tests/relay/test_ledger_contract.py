@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from genrelay.consumer.dispatch.jobs import KeyStates
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.fakes import MemoryLedger
+from genrelay.consumer.ledger import ledger as ledger_module
 from genrelay.consumer.ledger.ledger import Ledger
 from genrelay.consumer.ledger.partition_writer import Outgoing
 from genrelay.deploy.local.stack import StackInfo
@@ -124,6 +125,40 @@ async def test_a_finished_announced_key_is_no_longer_open_but_is_still_answered(
     finished = owned.states.get("done", 0)
     assert finished is not None
     assert finished.phase is Phase.COMPLETED  # a duplicate can still be replayed its event
+
+
+async def test_an_open_keys_phase_is_known_and_a_finished_keys_is_not(owned: Owned) -> None:
+    await owned.states.write(_record("a", Phase.ACCEPTED), 0)
+    await owned.states.write(_record("b", Phase.SUBMITTED), 1)
+    await owned.states.write(_record("done", Phase.COMPLETED, published=True), 0)
+    assert owned.states.phase("a") is Phase.ACCEPTED
+    assert owned.states.phase("b") is Phase.SUBMITTED
+    assert owned.states.phase("done") is None
+    assert owned.states.phase("never-seen") is None
+
+
+async def test_open_keys_beyond_those_kept_parsed_are_read_back_whole(
+    stack: StackInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "_PARSED", 4)
+    ledger_topic, _ = await _topics(stack.kafka_bootstrap)
+    async with owned_partitions(stack.kafka_bootstrap, f"g-{ledger_topic}", [0]) as writers:
+        ledger = Ledger(writers, stack.kafka_bootstrap, ledger_topic, tmp_path)
+        await ledger.restore([0])
+        written = [_record(f"k{n}", Phase.SUBMITTED, note=f"note {n}") for n in range(20)]
+        for record in written:
+            await ledger.write(record, 0)
+        assert ledger.open_keys == 20
+        assert ledger.parsed_keys == 4  # the rest are held as the bytes written
+        assert [ledger.get(r.idempotency_key, 0) for r in written] == written
+        assert [ledger.phase(r.idempotency_key) for r in written] == [Phase.SUBMITTED] * 20
+        assert ledger.parsed_keys == 4
+        # Let go and owned again: the open keys come back from the store whole.
+        ledger.release([0])
+        again = Ledger(writers, stack.kafka_bootstrap, ledger_topic, tmp_path)
+        stats = await again.restore([0])
+        assert stats.from_checkpoint == (0,)
+        assert [again.get(r.idempotency_key, 0) for r in written] == written
 
 
 async def test_what_is_written_beside_a_state_commits_with_it(owned: Owned) -> None:

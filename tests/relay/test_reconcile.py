@@ -11,6 +11,7 @@ import pytest
 
 from genrelay.deploy.local.stack import StackInfo
 from genrelay.emulator.server import EmulatorServer
+from genrelay.schemas.ledger import LedgerRecord
 from tests.relay.harness import (
     TopicReader,
     metric,
@@ -54,12 +55,12 @@ async def _one_event(stack: StackInfo, settings: Any, key: str) -> dict[str, Any
     return event
 
 
-async def _last_state(stack: StackInfo, settings: Any, key: str) -> dict[str, Any]:
+async def _last_state(stack: StackInfo, settings: Any, key: str) -> LedgerRecord:
     async with TopicReader(stack.kafka_bootstrap, settings.topic_ledger) as ledger:
         await ledger.until(lambda rs: any(r.key == key.encode() for r in rs))
-    states = [json.loads(r.value) for r in ledger.records if r.key == key.encode() and r.value]
-    last: dict[str, Any] = states[-1]
-    return last
+    states = [r.value for r in ledger.records if r.key == key.encode() and r.value]
+    # Parsed as the relay reads it: fields at their defaults are not written.
+    return LedgerRecord.model_validate_json(states[-1])
 
 
 @WEBHOOKS
@@ -76,8 +77,8 @@ async def test_a_submit_reset_on_its_way_up_is_reposted_once_the_history_proves_
     assert event["status"] == "succeeded"
     assert event["attempts"] == 2
     state = await _last_state(stack, settings, "reset")
-    assert state["proven_absent"] == 1
-    assert not state["adopted"]
+    assert state.proven_absent == 1
+    assert not state.adopted
     samples = event["_samples"]
     assert metric(samples, "genrelay_reconciled_submits_total", outcome="reposted") == 1
 
@@ -96,7 +97,7 @@ async def test_a_lost_answer_the_history_lists_only_after_its_lag_is_adopted_nev
     assert event["status"] == "succeeded"
     assert event["attempts"] == 1
     state = await _last_state(stack, settings, "late")
-    assert state["adopted"]
-    assert state["proven_absent"] == 0
+    assert state.adopted
+    assert state.proven_absent == 0
     samples = event["_samples"]
     assert metric(samples, "genrelay_reconciled_submits_total", outcome="adopted") == 1

@@ -350,6 +350,10 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     def apply(event: lc.Event) -> None:
         nonlocal record, post_due, slot_due, posts_after_that, ran
         decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
+        if decision.record is not None:
+            # Every state comes back whole from the ledger's bytes (defaults left out).
+            written = decision.record.model_dump_json(exclude_defaults=True)
+            assert LedgerRecord.model_validate_json(written) == decision.record
         record = decision.record or record
         for effect in decision.effects:
             if isinstance(effect, lc.AcquireSlot):
