@@ -73,6 +73,16 @@ class _Reading:
     def apply(
         self, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
+        if value is not None and len(headers) == 2:
+            # Most of a rebuild: a finished key's state, with the headers `Ledger` writes.
+            (first, done), (second, changed) = headers
+            if done == b"1" and first == FINISHED_HEADER and second == UPDATED_HEADER:
+                if self.open_values:
+                    self.open_values.pop(key, None)
+                if self.deleted:
+                    self.deleted.discard(key)
+                self.finished[key] = StoredState(key, float(changed), True, value)
+                return
         if value is None:
             self.open_values.pop(key, None)
             self.finished.pop(key, None)
@@ -403,11 +413,11 @@ class Ledger:
             batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=_BATCH)
             for tp, messages in batch.items():
                 reading = readings[tp]
+                end, apply = reading.end, reading.apply
                 for message in messages:
-                    if message.key is None or message.offset >= reading.end:
-                        continue
-                    read += 1
-                    reading.apply(message.key.decode(), message.value, message.headers)
+                    if (key := message.key) is not None and message.offset < end:
+                        apply(key.decode(), message.value, message.headers)
+                        read += 1
                 await reading.flush(unless_below=_STORE_BATCH)
             for tp in list(remaining):
                 if await consumer.position(tp) >= readings[tp].end:
