@@ -22,7 +22,13 @@ from genrelay.bench.baselines import BaselineRun, compare, run_baseline
 from genrelay.bench.context import Bench, Plan
 from genrelay.bench.fairness import fairness
 from genrelay.bench.measure import host_facts, load_average
-from genrelay.bench.report import Results, missing_figures, required_figures, spend_summary
+from genrelay.bench.report import (
+    Results,
+    missing_figures,
+    pays,
+    required_figures,
+    spend_summary,
+)
 from genrelay.bench.restore import restore
 from genrelay.bench.scale import in_flight, replicas
 from genrelay.bench.services import remove_buckets
@@ -109,7 +115,8 @@ async def run_bench(
     results["meta"]["load_average_end"] = load_average()
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)
     results["missing"] = missing_figures(results)
-    results["ok"] = not results["missing"] and scenarios["spend"]["ok"] and not _errors(scenarios)
+    spent_right = scenarios["spend"]["ok"] or not pays(units)
+    results["ok"] = not results["missing"] and spent_right and not _errors(scenarios)
     return results
 
 

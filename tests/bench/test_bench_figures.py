@@ -149,6 +149,12 @@ def test_missing_figures_are_named() -> None:
     assert "spend.per_key" not in missing
 
 
+def test_a_run_that_pays_the_provider_nothing_has_no_spend_to_check() -> None:
+    plan = Plan.smoke_test()
+    assert "spend.per_key" not in required_figures(plan, ["scale.restore", "fairness"])
+    assert "spend.per_key" in required_figures(plan, ["scale.restore", "scale.in-flight"])
+
+
 def test_baselines_bring_the_throughput_run_they_are_compared_with() -> None:
     assert expand(["baselines"]) == ["throughput", "baselines"]
     assert expand(["scale"]) == ["scale.in-flight", "scale.replicas", "scale.restore"]
