@@ -10,6 +10,7 @@ duplicate record, a webhook and a poll cannot race each other into a second subm
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections import deque
 from collections.abc import Callable
@@ -546,13 +547,17 @@ class Jobs:
             return
         if actor.timer is not None:
             actor.timer.cancel()
+        # In an empty context: a timer would otherwise keep a copy of the one it was set in
+        # (the job's log and trace context, about 450 bytes per waiting key). The key's loop
+        # sets its own when the event is applied.
+        actor.timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self._fire, actor, event, context=contextvars.Context()
+        )
 
-        def fire() -> None:
-            actor.timer = None
-            if not actor.closed:
-                self._deliver_internal(actor, event)
-
-        actor.timer = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
+    def _fire(self, actor: _Actor, event: lc.Event) -> None:
+        actor.timer = None
+        if not actor.closed:
+            self._deliver_internal(actor, event)
 
     def _cancel_timer(self, actor: _Actor) -> None:
         if actor.timer is not None:
