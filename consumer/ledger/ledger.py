@@ -73,16 +73,6 @@ class _Reading:
     def apply(
         self, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
-        if value is not None and len(headers) == 2:
-            # Most of a rebuild: a finished key's state, with the headers `Ledger` writes.
-            (first, done), (second, changed) = headers
-            if done == b"1" and first == FINISHED_HEADER and second == UPDATED_HEADER:
-                if self.open_values:
-                    self.open_values.pop(key, None)
-                if self.deleted:
-                    self.deleted.discard(key)
-                self.finished[key] = StoredState(key, float(changed), True, value)
-                return
         if value is None:
             self.open_values.pop(key, None)
             self.finished.pop(key, None)

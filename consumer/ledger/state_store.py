@@ -60,7 +60,7 @@ _UPDATED_INDEX = "CREATE INDEX IF NOT EXISTS keys_by_updated ON keys (finished, 
 # SQLite's page cache per store, while rebuilding and after (its default, 2 MB).
 _REBUILD_CACHE_KB = 16 * 1024
 _CACHE_KB = 2_000
-_Row = TypeVar("_Row", bound=tuple[object, ...])
+_Item = TypeVar("_Item")
 # Rows bound to one statement at most (SQLite binds up to 32,766 parameters since 3.32).
 _MOST_ROWS_PER_STATEMENT = 5_000
 
@@ -109,12 +109,12 @@ class PartitionStore:
                 self.db.execute("DELETE FROM checkpoint")
         except sqlite3.DatabaseError:
             row = None  # a file a crash left half-written: rebuilt like any store
-        if row is not None and self._trusted(*row):
+        if row is not None and self._trusted(topic=row[0], partition=row[1], written=row[3]):
             return Checkpoint(row[2], row[3])
         self.clear()
         return None
 
-    def _trusted(self, topic: str, partition: int, next_offset: int, written: float) -> bool:
+    def _trusted(self, *, topic: str, partition: int, written: float) -> bool:
         fresh = time.time() - written < CHECKPOINT_MAX_AGE_SECONDS
         return fresh and (topic, partition) == (self._topic, self._partition)
 
@@ -189,7 +189,7 @@ class PartitionStore:
 
     def replace(self, deleted: Iterable[str], states: Iterable[StoredState]) -> None:
         """Delete `deleted`, then write `states`, in one transaction (none if both are empty)."""
-        gone = [(key,) for key in deleted]
+        gone = list(deleted)
         rows = list(states)
         if self._rebuilding:
             self._append(gone, rows)
@@ -197,38 +197,39 @@ class PartitionStore:
         if not gone and not rows:
             return
         with self._transaction():
-            for chunk in self._chunks(gone):
+            for chunk in self._chunks(gone, width=1):
                 marks = ", ".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM keys WHERE key IN ({marks})", [k for (k,) in chunk])
+                self.db.execute(f"DELETE FROM keys WHERE key IN ({marks})", chunk)
             self._insert("INSERT OR REPLACE INTO keys", rows)
 
-    def _append(self, gone: list[tuple[str]], rows: list[StoredState]) -> None:
+    def _append(self, gone: list[str], rows: list[StoredState]) -> None:
         # Rebuilding: rows only go at the end (`settle` sorts them out). A tombstone removes
         # the key's rows so far; a later state of the key is a later row. No transactions: a
         # store left half-written has no checkpoint and is rebuilt, and each statement is one
         # wait for the GIL on a thread.
         if gone:
             through = self.db.execute("SELECT coalesce(max(rowid), 0) FROM keys").fetchone()[0]
-            self._insert("INSERT INTO gone", [(key, through) for (key,) in gone])
+            self._insert("INSERT INTO gone", [(key, through) for key in gone])
         self._insert("INSERT INTO keys", rows)
 
     def _insert(self, into: str, rows: Sequence[tuple[object, ...]]) -> None:
         """As many rows per statement as SQLite binds: it runs a statement without the GIL,
         and `executemany` would take the GIL back for every row (on a thread, each time a
         wait for a busy event loop to let it go)."""
-        for chunk in self._chunks(rows):
-            width = len(chunk[0])
+        if not rows:
+            return
+        width = len(rows[0])
+        for chunk in self._chunks(rows, width=width):
             values = ", ".join([f"({', '.join('?' * width)})"] * len(chunk))
             self.db.execute(f"{into} VALUES {values}", list(chain.from_iterable(chunk)))
 
-    def _chunks(self, rows: Sequence[_Row]) -> Iterator[Sequence[_Row]]:
-        """Slices of as many rows as one statement binds: whole ones first, so that their
-        statement's text repeats and is prepared once (the `sqlite3` module caches it)."""
-        if rows:
-            limit = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            size = max(1, min(_MOST_ROWS_PER_STATEMENT, limit // len(rows[0])))
-            for start in range(0, len(rows), size):
-                yield rows[start : start + size]
+    def _chunks(self, rows: Sequence[_Item], *, width: int) -> Iterator[Sequence[_Item]]:
+        """Slices of as many rows of `width` values as one statement binds: whole ones first,
+        so that their statement's text repeats and is prepared once (`sqlite3` caches it)."""
+        limit = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        size = max(1, min(_MOST_ROWS_PER_STATEMENT, limit // width))
+        for start in range(0, len(rows), size):
+            yield rows[start : start + size]
 
     def get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM keys WHERE key = ?", (key,)).fetchone()
