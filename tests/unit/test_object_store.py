@@ -6,8 +6,10 @@ import hashlib
 import io
 import uuid
 from collections.abc import AsyncIterator
+from typing import Self
 
 import pytest
+from aiohttp import web
 
 from genrelay.consumer.artifacts.object_store import (
     MemoryStore,
@@ -15,7 +17,8 @@ from genrelay.consumer.artifacts.object_store import (
     ObjectStore,
     StoredObject,
 )
-from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError
+from genrelay.consumer.errors import ClosedError, ObjectMissing, StoreError, StoreRefused
+from genrelay.deploy.local.stack import StackInfo
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
@@ -155,3 +158,114 @@ async def test_unreachable_minio_is_a_store_error() -> None:
     async with unreachable as store:
         with pytest.raises(StoreError):
             await store.stat("bucket", KEY)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "size",
+    [256 << 10, (256 << 10) + 1, 8 << 20, (8 << 20) + 1],
+    ids=["hashed-inline", "hashed-on-a-thread", "largest-single-put", "multipart"],
+)
+async def test_every_upload_path_stores_the_bytes_and_their_checksum(
+    stack: StackInfo, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)
+    sha256 = hashlib.sha256(data).hexdigest()
+    async with _minio(stack) as store:
+        bucket = f"genrelay-test-{uuid.uuid4().hex[:12]}"
+        await store.ensure_bucket(bucket)
+        stored = await store.put_file(
+            bucket, KEY, io.BytesIO(data), size, "image/png", {"sha256": sha256}
+        )
+        assert stored.sha256 == sha256
+        assert await store.stat(bucket, KEY) == stored
+        assert await store.get_bytes(bucket, KEY) == data
+
+
+@pytest.mark.integration
+async def test_a_wrong_secret_is_refused_not_retried(stack: StackInfo) -> None:
+    async with _minio(stack) as store:
+        bucket = f"genrelay-test-{uuid.uuid4().hex[:12]}"
+        await store.ensure_bucket(bucket)
+    wrong = MinioStore(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key="not-the-secret",
+        secure=False,
+    )
+    async with wrong:
+        with pytest.raises(StoreRefused, match="SignatureDoesNotMatch"):
+            await put_png(wrong, bucket)
+
+
+def _minio(stack: StackInfo) -> MinioStore:
+    return MinioStore(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=False,
+    )
+
+
+class _StrugglingS3:
+    """An S3 endpoint that answers each PUT with the next of ``answers`` (status, error code),
+    and 200 once they run out; it keeps what it was sent."""
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        self.answers = answers
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._runner: web.AppRunner | None = None
+        self.endpoint = ""
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_put("/{tail:.*}", self._put)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.endpoint = f"{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _put(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        if not self.answers:
+            return web.Response(status=200, headers={"ETag": '"abc123"'})
+        status, code = self.answers.pop(0)
+        body = f"<Error><Code>{code}</Code><Message>{code} here</Message></Error>"
+        return web.Response(status=status, body=body, content_type="application/xml")
+
+    def store(self) -> MinioStore:
+        return MinioStore(self.endpoint, access_key="key", secret_key="secret", secure=False)
+
+
+async def test_a_struggling_store_is_asked_again_with_a_fresh_signature() -> None:
+    answers = [(503, "SlowDown"), (500, "InternalError")]
+    async with _StrugglingS3(answers) as s3, s3.store() as store:
+        stored = await put_png(store, "b")
+    assert stored.etag == "abc123"
+    assert [body for _, body in s3.received] == [PNG] * 3
+    for headers, _ in s3.received:
+        assert headers["x-amz-content-sha256"] == PNG_SHA256
+        assert headers["x-amz-meta-sha256"] == PNG_SHA256
+        assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=key/")
+
+
+async def test_a_store_that_stays_down_is_a_store_error_after_three_more_tries() -> None:
+    async with _StrugglingS3([(503, "SlowDown")] * 10) as s3, s3.store() as store:
+        with pytest.raises(StoreError, match="SlowDown") as caught:
+            await put_png(store, "b")
+    assert not isinstance(caught.value, StoreRefused)
+    assert len(s3.received) == 4
+
+
+async def test_a_refusal_is_not_asked_again() -> None:
+    async with _StrugglingS3([(403, "AccessDenied")]) as s3, s3.store() as store:
+        with pytest.raises(StoreRefused, match="AccessDenied"):
+            await put_png(store, "b")
+    assert len(s3.received) == 1
