@@ -91,3 +91,32 @@ async def test_a_normal_exchange_works(client: httpx.AsyncClient) -> None:
         response = await client.post(url, json={})
     assert response.status_code == 200
     assert response.json() == {}
+
+
+async def test_no_cookie_set_by_one_answer_goes_out_with_the_next(
+    client: httpx.AsyncClient,
+) -> None:
+    seen: list[bytes] = []
+
+    async def sets_a_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            seen.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: tenant=a; Path=/\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            await writer.drain()
+        writer.close()
+
+    server, url = await _serve(sets_a_cookie)
+    async with server:
+        first = await client.get(url)
+        second = await client.get(url)
+    assert first.headers["set-cookie"] == "tenant=a; Path=/"
+    assert second.status_code == 200
+    assert len(seen) == 2
+    assert b"cookie:" not in seen[1].lower()
+    assert not client.cookies
