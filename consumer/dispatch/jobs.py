@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.dispatch.backoff import Pacer, jittered
@@ -33,6 +33,16 @@ from genrelay.consumer.service.telemetry import job_span, trace_id_of, tracepare
 from genrelay.consumer.steps import Observers, Steps
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
+
+# Every key's timer runs in this one empty context. A context of its own, or a copy of the one
+# it was set in (the job's log and trace context), would cost up to 450 bytes per waiting key.
+# Nothing a timer runs sets a context variable (the key's loop is a task, with a context of
+# its own), so it stays empty; the jobs' tests check that.
+TIMER_CONTEXT = contextvars.Context()
+# A key's timer delivers one of these: one object each, not one per waiting key.
+_DUE: dict[lc.Step | Literal["search"], lc.Due] = {
+    step: lc.Due(step) for step in ("poll", "fetch", "store", "search")
+}
 
 
 class KeyStates(Protocol):
@@ -439,17 +449,17 @@ class Jobs:
                 self._schedule(actor, _seconds_until(until), lc.UnknownUnresolved())
             case lc.SearchHistory():
                 interval = self._timing.history_search_interval * random.uniform(1.0, 1.5)
-                self._schedule(actor, interval, lc.Due("search"))
+                self._schedule(actor, interval, _DUE["search"])
             case lc.Watch():
                 actor.polls = 0
                 # Spread: keys submitted together are not first polled together.
                 grace = self._timing.poll_grace * random.uniform(1.0, 1.5)
-                self._schedule(actor, grace, lc.Due("poll"))
+                self._schedule(actor, grace, _DUE["poll"])
             case lc.PollAgain(at_least=at_least):
                 # At least as long as the provider asked, when it asked us to slow down.
-                self._schedule(actor, max(at_least or 0.0, self._next_poll(actor)), lc.Due("poll"))
+                self._schedule(actor, max(at_least or 0.0, self._next_poll(actor)), _DUE["poll"])
             case lc.RetryStep(step=step, failures=failures):
-                self._schedule(actor, self.backoff(failures), lc.Due(step))
+                self._schedule(actor, self.backoff(failures), _DUE[step])
             case lc.AskAgain(news=news):
                 # Beside the key's timer, which may hold its poll or search.
                 actor.asked += 1
@@ -547,11 +557,8 @@ class Jobs:
             return
         if actor.timer is not None:
             actor.timer.cancel()
-        # In an empty context: a timer would otherwise keep a copy of the one it was set in
-        # (the job's log and trace context, about 450 bytes per waiting key). The key's loop
-        # sets its own when the event is applied.
         actor.timer = asyncio.get_running_loop().call_later(
-            max(0.0, delay), self._fire, actor, event, context=contextvars.Context()
+            max(0.0, delay), self._fire, actor, event, context=TIMER_CONTEXT
         )
 
     def _fire(self, actor: _Actor, event: lc.Event) -> None:

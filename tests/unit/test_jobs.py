@@ -8,16 +8,17 @@ that cannot say whose request a webhook names, a poll answered 429) run exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from opentelemetry.trace import NoOpTracer
 
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.dispatch.jobs import Jobs, Timing
+from genrelay.consumer.dispatch.jobs import TIMER_CONTEXT, Jobs, Timing
 from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.errors import (
     MaybeSent,
@@ -35,6 +36,14 @@ from genrelay.consumer.steps import Observers, Steps
 from genrelay.schemas.completions import ErrorDetail
 from genrelay.schemas.ledger import Phase, ProviderJob
 from tests.waiting import eventually
+
+
+@pytest.fixture(autouse=True)
+def timers_leave_their_context_empty() -> Iterator[None]:
+    """Every key's timer shares one empty context: whatever a test's timers ran, it stays so."""
+    yield
+    assert len(TIMER_CONTEXT) == 0
+
 
 ENDPOINT = "fal-ai/flux/schnell"
 

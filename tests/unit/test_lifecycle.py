@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrelay.consumer import lifecycle as lc
+from genrelay.consumer.ledger.packed import pack, unpacked
 from genrelay.schemas.completions import Artifact, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase, ProviderJob
 from genrelay.schemas.webhooks import WebhookDelivery
@@ -351,9 +352,11 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         nonlocal record, post_due, slot_due, posts_after_that, ran
         decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
         if decision.record is not None:
-            # Every state comes back whole from the ledger's bytes (defaults left out).
-            written = decision.record.model_dump_json(exclude_defaults=True)
+            # Every state comes back whole from the ledger's bytes (defaults left out), and from
+            # those bytes as memory holds them for an open key.
+            written = decision.record.model_dump_json(exclude_defaults=True).encode()
             assert LedgerRecord.model_validate_json(written) == decision.record
+            assert unpacked(pack(written)) == written
         record = decision.record or record
         for effect in decision.effects:
             if isinstance(effect, lc.AcquireSlot):
