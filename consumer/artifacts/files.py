@@ -21,6 +21,7 @@ import logging
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Self, TypeAlias
@@ -74,6 +75,8 @@ _EXTENSIONS = {
 _GENERIC_TYPE = "application/octet-stream"
 _EXPIRED_STATUSES = frozenset({403, 404, 410})
 _CLIENT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# Hosts whose checked addresses are kept at once (output files come from a handful).
+_RESOLVED_HOSTS = 256
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,10 @@ class DownloadPolicy:
     # httpx's read timeout is per chunk; this bounds a slow drip as a whole.
     attempt_timeout: float = 300.0
     spool_bytes: int = 8 << 20
+    # A host's checked addresses are used again for this long: every output file of a busy
+    # relay comes from a few CDN hosts, and each lookup is a trip to a resolver thread (and
+    # often to a DNS server). Short, so a CDN's changed addresses are soon followed.
+    resolved_for: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,7 @@ class Downloader:
         policy: DownloadPolicy | None = None,
         resolver: Resolver = resolve_host,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if client is not None and "authorization" in client.headers:
             raise ValueError("the download client must not carry credentials")
@@ -278,6 +286,9 @@ class Downloader:
         self._policy = policy or DownloadPolicy()
         self._resolver = resolver
         self._sleep = sleep
+        self._clock = clock
+        # (host, port) -> (when the answer goes stale, the addresses, checked).
+        self._resolved: dict[tuple[str, int], tuple[float, Sequence[IPAddress]]] = {}
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -370,6 +381,10 @@ class Downloader:
         )
 
     async def _addresses(self, host: str, port: int) -> Sequence[IPAddress]:
+        now = self._clock()
+        known = self._resolved.get((host, port))
+        if known is not None and known[0] > now:
+            return known[1]
         try:
             addresses: Sequence[IPAddress] = [ipaddress.ip_address(host)]
         except ValueError:
@@ -383,6 +398,10 @@ class Downloader:
             private = [str(address) for address in addresses if not _is_public(address)]
             if private:
                 raise DownloadRefused(f"{host!r} resolves to non-public {', '.join(private)}")
+        # Only checked answers are kept; a bounded few, stale ones dropped first.
+        self._resolved = {k: v for k, v in self._resolved.items() if v[0] > now}
+        if len(self._resolved) < _RESOLVED_HOSTS:
+            self._resolved[host, port] = (now + self._policy.resolved_for, addresses)
         return addresses
 
     async def _save(self, response: httpx.Response, ref: FileRef) -> DownloadedFile:

@@ -540,3 +540,37 @@ async def test_closed_downloader_refuses_work() -> None:
     await downloader.aclose()
     with pytest.raises(ClosedError):
         await fetch(downloader)
+
+
+class CountingDns:
+    """`fake_dns`, counting its lookups."""
+
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
+        self.lookups.append(host)
+        return await fake_dns(host, port)
+
+
+async def test_a_hosts_checked_addresses_are_used_again_until_they_go_stale() -> None:
+    dns, now = CountingDns(), [0.0]
+    client = httpx.AsyncClient(transport=httpx.MockTransport(Cdn(png())))
+    downloader = Downloader(client, resolver=dns, sleep=Sleeps(), clock=lambda: now[0])
+    await fetch(downloader)
+    now[0] = 29.0
+    await fetch(downloader)
+    assert dns.lookups == ["v3.fal.media"]
+    now[0] = 31.0
+    await fetch(downloader)
+    assert dns.lookups == ["v3.fal.media"] * 2
+
+
+async def test_a_refused_answer_is_not_kept() -> None:
+    dns = CountingDns()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(Cdn(png())))
+    downloader = Downloader(client, resolver=dns, sleep=Sleeps())
+    for _ in range(2):
+        with pytest.raises(DownloadRefused):
+            await fetch(downloader, "https://internal.fal.media/a.png")
+    assert dns.lookups == ["internal.fal.media"] * 2
