@@ -10,7 +10,6 @@ duplicate record, a webhook and a poll cannot race each other into a second subm
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from genrelay.consumer import lifecycle as lc
 from genrelay.consumer.dispatch.backoff import Pacer, jittered
 from genrelay.consumer.dispatch.budgets import Budgets
 from genrelay.consumer.dispatch.slots import Slots
+from genrelay.consumer.dispatch.timers import KeyTimers
 from genrelay.consumer.errors import Fenced, RecordTooLarge
 from genrelay.consumer.intake.intake import SourceRecord
 from genrelay.consumer.ledger.partition_writer import Outgoing
@@ -34,11 +34,6 @@ from genrelay.consumer.steps import Observers, Steps
 from genrelay.schemas.completions import CompletionEvent, ErrorDetail
 from genrelay.schemas.ledger import LedgerRecord, Phase
 
-# Every key's timer runs in this one empty context. A context of its own, or a copy of the one
-# it was set in (the job's log and trace context), would cost up to 450 bytes per waiting key.
-# Nothing a timer runs sets a context variable (the key's loop is a task, with a context of
-# its own), so it stays empty; the jobs' tests check that.
-TIMER_CONTEXT = contextvars.Context()
 # A key's timer delivers one of these: one object each, not one per waiting key.
 _DUE: dict[lc.Step | Literal["search"], lc.Due] = {
     step: lc.Due(step) for step in ("poll", "fetch", "store", "search")
@@ -95,7 +90,7 @@ class _Actor:
     partition: int
     inbox: deque[_Queued] | None = None
     task: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle | None = None
+    timer: object | None = None  # its pending timer's entry (`KeyTimers`)
     slot_wait: asyncio.Task[None] | None = None  # waiting for a slot (AcquireSlot)
     slot: tuple[str, str | None] | None = None  # (endpoint, tenant) while holding a slot
     polls: int = 0  # status polls since the last news, for their growing interval
@@ -175,6 +170,7 @@ class Jobs:
         self._on_crash = on_crash
         self._actors: dict[str, _Actor] = {}
         self._released: set[int] = set()  # partitions given up, until assigned again
+        self._timers: KeyTimers[_Actor, lc.Event] = KeyTimers(self._fire)
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -553,23 +549,15 @@ class Jobs:
 
     def _schedule(self, actor: _Actor, delay: float, event: lc.Event) -> None:
         """Deliver `event` to the actor after `delay` seconds (one pending timer per key)."""
-        if actor.closed:
-            return
-        if actor.timer is not None:
-            actor.timer.cancel()
-        actor.timer = asyncio.get_running_loop().call_later(
-            max(0.0, delay), self._fire, actor, event, context=TIMER_CONTEXT
-        )
+        if not actor.closed:
+            self._timers.set(actor, delay, event)
 
     def _fire(self, actor: _Actor, event: lc.Event) -> None:
-        actor.timer = None
         if not actor.closed:
             self._deliver_internal(actor, event)
 
     def _cancel_timer(self, actor: _Actor) -> None:
-        if actor.timer is not None:
-            actor.timer.cancel()
-            actor.timer = None
+        self._timers.cancel(actor)
 
     def _next_poll(self, actor: _Actor) -> float:
         # Adaptive: 1 s, then 1.6 times longer per poll up to the cap; jitter avoids herds.

@@ -18,8 +18,9 @@ import pytest
 from opentelemetry.trace import NoOpTracer
 
 from genrelay.consumer import lifecycle as lc
-from genrelay.consumer.dispatch.jobs import TIMER_CONTEXT, Jobs, Timing
+from genrelay.consumer.dispatch.jobs import Jobs, Timing
 from genrelay.consumer.dispatch.slots import Slots
+from genrelay.consumer.dispatch.timers import TIMER_CONTEXT
 from genrelay.consumer.errors import (
     MaybeSent,
     NotSent,
