@@ -136,7 +136,12 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region (saves a location lookup)")
     bucket: BucketName = Field("genrelay", description="bucket when a request names none")
     prefix: str = Field("", description="key prefix when a request names none")
-    upload_threads: int = Field(8, ge=1, description="threads of the blocking S3 client")
+    upload_threads: int = Field(
+        8,
+        ge=1,
+        description="threads of the blocking S3 client: uploads over 8 MiB (multipart), "
+        "bucket checks",
+    )
 
     # Downloads
     download_hosts: list[str] = Field(
