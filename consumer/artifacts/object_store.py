@@ -224,6 +224,8 @@ class MinioStore:
             method="PUT", region=self._region, bucket_name=bucket, object_name=key
         )
         for attempt in range(_PUT_RETRIES + 1):
+            if self._closed:
+                raise ClosedError("MinioStore is closed")
             # The payload's own SHA-256 is signed, so the store refuses bytes damaged on the way.
             date = utcnow()
             signed = sign_v4_s3(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import uuid
@@ -214,6 +215,7 @@ class _StrugglingS3:
     def __init__(self, answers: list[tuple[int, str]]) -> None:
         self.answers = answers
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.asked = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.endpoint = ""
 
@@ -234,6 +236,7 @@ class _StrugglingS3:
 
     async def _put(self, request: web.Request) -> web.Response:
         self.received.append((dict(request.headers), await request.read()))
+        self.asked.set()
         if not self.answers:
             return web.Response(status=200, headers={"ETag": '"abc123"'})
         status, code = self.answers.pop(0)
@@ -268,4 +271,16 @@ async def test_a_refusal_is_not_asked_again() -> None:
     async with _StrugglingS3([(403, "AccessDenied")]) as s3, s3.store() as store:
         with pytest.raises(StoreRefused, match="AccessDenied"):
             await put_png(store, "b")
+    assert len(s3.received) == 1
+
+
+async def test_an_upload_retrying_when_the_store_is_closed_stops_there() -> None:
+    async with _StrugglingS3([(503, "SlowDown")] * 10) as s3:
+        store = s3.store()
+        upload = asyncio.ensure_future(put_png(store, "b"))
+        async with asyncio.timeout(30):
+            await s3.asked.wait()
+        await store.aclose()
+        with pytest.raises(ClosedError):
+            await upload
     assert len(s3.received) == 1
