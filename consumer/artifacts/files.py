@@ -261,6 +261,10 @@ class DownloadedFile:
         self.file.close()
 
 
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to, through the event loop's resolver."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -349,7 +353,12 @@ class Downloader:
             raise DownloadRefused(f"malformed URL {_safe(ref.url)}") from exc
         for _ in range(self._policy.max_redirects + 1):
             request = await self._pinned_request(url)
-            response = await self._client.send(request, stream=True, follow_redirects=False)
+            try:
+                response = await self._client.send(request, stream=True, follow_redirects=False)
+            except httpx.TransportError:
+                # The address may be the one that failed: the next attempt looks it up again.
+                self._resolved.pop((url.host, _port(url)), None)
+                raise
             try:
                 if response.is_redirect:
                     url = _redirect_target(url, response.headers["location"])
@@ -368,8 +377,7 @@ class Downloader:
             raise DownloadRefused(f"{_safe(url)}: credentials in the URL")
         if not _host_allowed(url.host, policy.allowed_hosts):
             raise DownloadRefused(f"{_safe(url)}: host {url.host!r} is not allowed")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        address = (await self._addresses(url.host, port))[0]
+        address = (await self._addresses(url.host, _port(url)))[0]
         # Connecting to the checked address closes the window in which a second DNS answer
         # (rebinding) could point the connection somewhere private; TLS still verifies the
         # certificate against the host name.

@@ -14,6 +14,7 @@ one the downloader computed, so a file damaged on local disk is never stored as 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import ssl
@@ -21,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, BinaryIO, Protocol, Self, TypeVar, cast
+from typing import IO, BinaryIO, NamedTuple, Protocol, Self, TypeVar, cast
 
 import aiohttp
 import certifi
@@ -141,6 +142,7 @@ class MinioStore:
         secure: bool = True,
         region: str = "us-east-1",
         max_workers: int = 8,
+        put_timeout: float = 120.0,
     ) -> None:
         # One pooled connection per worker thread: none waits for, or discards, a connection.
         self._http = urllib3.PoolManager(
@@ -154,6 +156,7 @@ class MinioStore:
         self._region = region
         self._base_url = BaseURL(("https://" if secure else "http://") + endpoint, region)
         self._secure = secure
+        self._put_timeout = put_timeout
         self._session: aiohttp.ClientSession | None = None
         # A known region saves a GetBucketLocation round trip before each bucket's first use.
         self._client = Minio(
@@ -207,14 +210,19 @@ class MinioStore:
         if self._closed:
             raise ClosedError("MinioStore is closed")
         headers = _metadata_headers(metadata)
-        if size > _INLINE_HASH_BYTES:
-            body, sha256 = await asyncio.to_thread(_checked_body, bucket, key, file, size, metadata)
-        else:
-            body, sha256 = _checked_body(bucket, key, file, size, metadata)
-        headers[f"x-amz-meta-{SHA256_METADATA}"] = sha256
+        try:
+            if size > _INLINE_HASH_BYTES:
+                checked = await asyncio.to_thread(_checked_body, bucket, key, file, size, metadata)
+            else:
+                checked = _checked_body(bucket, key, file, size, metadata)
+        except OSError as exc:  # the local copy cannot be read
+            raise StoreError(repr(exc)) from exc
+        headers[f"x-amz-meta-{SHA256_METADATA}"] = checked.sha256
         headers["Content-Type"] = content_type
-        etag = await self._put_bytes(bucket, key, body, sha256, headers)
-        return StoredObject(bucket, key, size, sha256, content_type, etag)
+        # Also what S3 asks of a bucket with Object Lock, as the blocking client sends it.
+        headers["Content-MD5"] = checked.md5
+        etag = await self._put_bytes(bucket, key, checked.body, checked.sha256, headers)
+        return StoredObject(bucket, key, size, checked.sha256, content_type, etag)
 
     async def _put_bytes(
         self, bucket: str, key: str, body: bytes, sha256: str, headers: dict[str, str]
@@ -244,9 +252,14 @@ class MinioStore:
             )
             last = attempt == _PUT_RETRIES
             try:
-                async with self._http_session().put(
-                    URL(url.geturl(), encoded=True), data=body, headers=cast(_Headers, signed)
-                ) as response:
+                async with (
+                    # The whole attempt: aiohttp bounds no write, and a store that stops
+                    # reading the body would hold it for good.
+                    asyncio.timeout(self._put_timeout),
+                    self._http_session().put(
+                        URL(url.geturl(), encoded=True), data=body, headers=cast(_Headers, signed)
+                    ) as response,
+                ):
                     answer = await response.read()
                     if response.status == 200:
                         return response.headers.get("ETag", "").replace('"', "")
@@ -271,12 +284,17 @@ class MinioStore:
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            context = ssl.create_default_context(
-                cafile=os.environ.get("SSL_CERT_FILE") or certifi.where()
-            )
+            try:
+                context = ssl.create_default_context(
+                    cafile=os.environ.get("SSL_CERT_FILE") or certifi.where()
+                )
+            except OSError as exc:  # SSL_CERT_FILE names no readable file
+                raise StoreError(f"the CA bundle cannot be read: {exc!r}") from exc
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ssl=context if self._secure else False),
                 timeout=aiohttp.ClientTimeout(sock_connect=10.0, sock_read=120.0),
+                # The store sets no cookies worth keeping.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -363,10 +381,16 @@ class MinioStore:
         return StoreError(f"{code}: {message}")
 
 
+class _Body(NamedTuple):
+    body: bytes
+    sha256: str  # hex, as stored in the metadata and signed
+    md5: str  # base64, as Content-MD5 wants it
+
+
 def _checked_body(
     bucket: str, key: str, file: IO[bytes], size: int, metadata: Mapping[str, str]
-) -> tuple[bytes, str]:
-    """The ``size`` bytes from ``file``'s position and their SHA-256, checked as below."""
+) -> _Body:
+    """The ``size`` bytes from ``file``'s position and their digests, checked as below."""
     body = file.read(size)
     if len(body) != size:
         raise StoreError(f"{bucket}/{key}: the file holds {len(body)} of {size} bytes")
@@ -374,7 +398,8 @@ def _checked_body(
     claimed = metadata.get(SHA256_METADATA)
     if claimed is not None and claimed != sha256:
         raise StoreError(f"{bucket}/{key}: content does not match its claimed SHA-256")
-    return body, sha256
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
+    return _Body(body, sha256, md5)
 
 
 def _metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -99,6 +99,11 @@ class KeyTimers(Generic[_O, _E]):
                 self._stale = max(0, self._stale - 1)
                 continue
             owner.timer = None
-            self._fire(owner, entry[3])
+            try:
+                self._fire(owner, entry[3])
+            except Exception as exc:  # one key's failure must not stop every other timer
+                loop.call_exception_handler(
+                    {"message": "a key's timer failed", "exception": exc, "owner": owner}
+                )
         if self._heap:
             self._wake_at(loop, self._heap[0][0])

@@ -58,6 +58,17 @@ class _Stream(httpx.AsyncByteStream):
 class SafeAiohttpTransport(AiohttpTransport):
     """`AiohttpTransport` whose errors tell "never sent" from "maybe sent" correctly."""
 
+    def get_client(self) -> aiohttp.ClientSession:
+        """The session as `AiohttpTransport` builds it, with a cookie jar that keeps nothing
+        (aiohttp's own jar would keep and send cookies per host name, below httpx's)."""
+        limit = self.limits.max_connections
+        connector = aiohttp.TCPConnector(
+            limit=100 if limit is None else limit,
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             response = await super().handle_async_request(request)

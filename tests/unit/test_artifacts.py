@@ -574,3 +574,12 @@ async def test_a_refused_answer_is_not_kept() -> None:
         with pytest.raises(DownloadRefused):
             await fetch(downloader, "https://internal.fal.media/a.png")
     assert dns.lookups == ["internal.fal.media"] * 2
+
+
+async def test_an_address_that_failed_is_looked_up_again_on_the_next_attempt() -> None:
+    dns = CountingDns()
+    cdn = Cdn(httpx.ConnectError("refused"), png())
+    client = httpx.AsyncClient(transport=httpx.MockTransport(cdn))
+    downloader = Downloader(client, resolver=dns, sleep=Sleeps())
+    await fetch(downloader)
+    assert dns.lookups == ["v3.fal.media"] * 2

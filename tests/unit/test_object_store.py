@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import uuid
@@ -256,6 +257,7 @@ async def test_a_struggling_store_is_asked_again_with_a_fresh_signature() -> Non
     for headers, _ in s3.received:
         assert headers["x-amz-content-sha256"] == PNG_SHA256
         assert headers["x-amz-meta-sha256"] == PNG_SHA256
+        assert headers["Content-MD5"] == base64.b64encode(hashlib.md5(PNG).digest()).decode()
         assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=key/")
 
 
@@ -284,3 +286,36 @@ async def test_an_upload_retrying_when_the_store_is_closed_stops_there() -> None
         with pytest.raises(ClosedError):
             await upload
     assert len(s3.received) == 1
+
+
+async def test_an_upload_to_a_store_that_never_answers_ends_as_a_store_error() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # reads nothing, answers nothing, never closes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = MinioStore(
+        f"127.0.0.1:{port}", access_key="k", secret_key="s", secure=False, put_timeout=0.5
+    )
+    async with server, store:
+        with pytest.raises(StoreError, match="Timeout"):
+            async with asyncio.timeout(60):  # 120 s a try (the default) would be far longer
+                await put_png(store, "b")
+        for writer in connections:
+            writer.close()
+    assert len(connections) == 4
+
+
+class _Unreadable(io.BytesIO):
+    def read(self, size: int | None = -1, /) -> bytes:
+        raise OSError(5, "Input/output error")
+
+
+async def test_a_local_copy_that_cannot_be_read_is_a_store_error() -> None:
+    store = MinioStore("127.0.0.1:9", access_key="k", secret_key="s", secure=False)
+    async with store:
+        for size in (10, (256 << 10) + 1):
+            with pytest.raises(StoreError, match="Input/output"):
+                await store.put_file("b", KEY, _Unreadable(), size, "image/png")

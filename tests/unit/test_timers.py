@@ -125,3 +125,29 @@ async def test_cancelled_entries_are_dropped_once_they_are_most_of_the_heap() ->
         timers.set(owner, 3600, "poll")  # set again: replaced, not added beside
     assert len(timers) == 600
     assert timers.entries < 1_100
+
+
+async def test_a_timer_that_fails_stops_no_other() -> None:
+    fired = Fired()
+    failures: list[BaseException] = []
+
+    def fire(owner: Owner, event: str) -> None:
+        fired(owner, event)
+        if owner.name == "a":
+            raise RuntimeError("boom")
+
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: failures.append(context["exception"]))
+    try:
+        timers: KeyTimers[Owner, str] = KeyTimers(fire)
+        a, b, c = Owner("a"), Owner("b"), Owner("c")
+        timers.set(a, 0.0, "poll")
+        timers.set(b, 0.0, "poll")
+        timers.set(c, 0.05, "poll")
+        assert await fired.until(3) == [("a", "poll"), ("b", "poll"), ("c", "poll")]
+        later = Owner("later")
+        timers.set(later, 0.0, "poll")
+        assert await fired.until(4) == [*fired.events[:3], ("later", "poll")]
+    finally:
+        loop.set_exception_handler(None)
+    assert [str(failure) for failure in failures] == ["boom"]
