@@ -394,18 +394,20 @@ def _checked_body(
     body = file.read(size)
     if len(body) != size:
         raise StoreError(f"{bucket}/{key}: the file holds {len(body)} of {size} bytes")
-    sha256 = hashlib.sha256(body).hexdigest()
-    claimed = metadata.get(SHA256_METADATA)
-    if claimed is not None and claimed != sha256:
-        raise StoreError(f"{bucket}/{key}: content does not match its claimed SHA-256")
+    sha256 = _as_claimed(bucket, key, hashlib.sha256(body).hexdigest(), metadata)
     md5 = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
     return _Body(body, sha256, md5)
 
 
-def _metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:
-    """User metadata as S3 headers; S3 (and the minio client) take only US-ASCII values."""
+def _check_ascii(metadata: Mapping[str, str]) -> None:
+    """S3 (and the minio client) take only US-ASCII metadata values."""
     if not all(value.isascii() for value in metadata.values()):
         raise ValueError("object metadata must be US-ASCII, as S3 demands")
+
+
+def _metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    """User metadata as S3 headers."""
+    _check_ascii(metadata)
     return {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
 
 
@@ -424,10 +426,15 @@ def _checked_sha256(
         digest.update(chunk)
         remaining -= len(chunk)
     file.seek(start)
+    return _as_claimed(bucket, key, digest.hexdigest(), metadata)
+
+
+def _as_claimed(bucket: str, key: str, sha256: str, metadata: Mapping[str, str]) -> str:
+    """``sha256``, unless the metadata claims another (the downloader's): ``StoreError``."""
     claimed = metadata.get(SHA256_METADATA)
-    if claimed is not None and claimed != digest.hexdigest():
+    if claimed is not None and claimed != sha256:
         raise StoreError(f"{bucket}/{key}: content does not match its claimed SHA-256")
-    return digest.hexdigest()
+    return sha256
 
 
 @dataclass(frozen=True)
@@ -460,8 +467,7 @@ class MemoryStore:
     ) -> StoredObject:
         """Store ``size`` bytes from the seekable ``file``'s position, replacing any object."""
         objects = self._bucket(bucket)
-        if not all(value.isascii() for value in (metadata or {}).values()):
-            raise ValueError("object metadata must be US-ASCII, as the minio client demands")
+        _check_ascii(metadata or {})
         sha256 = _checked_sha256(bucket, key, file, size, metadata or {})
         data = file.read(size)
         stored = _MemoryObject(data, content_type, {**(metadata or {}), SHA256_METADATA: sha256})

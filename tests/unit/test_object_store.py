@@ -32,14 +32,7 @@ def new_store(request: pytest.FixtureRequest) -> ObjectStore:
     # Synchronous, so that the asynchronous `stack` fixture can be requested lazily from here.
     if request.param == "memory":
         return MemoryStore()
-    stack = request.getfixturevalue("stack")
-    return MinioStore(
-        stack.s3_endpoint,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key,
-        secure=False,
-        max_workers=4,
-    )
+    return _minio(request.getfixturevalue("stack"))
 
 
 @pytest.fixture

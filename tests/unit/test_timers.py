@@ -65,9 +65,8 @@ async def test_a_cancelled_timer_never_fires_and_later_ones_still_do() -> None:
     timers.cancel(early)
     timers.cancel(early)  # twice is harmless
     assert early.timer is None
+    # Had it fired, it would have come first: timers fire in the order they come due.
     assert await fired.until(1) == [("late", "poll")]
-    await asyncio.sleep(0.05)
-    assert fired.events == [("late", "poll")]
 
 
 async def test_a_timer_cancelled_by_one_firing_before_it_does_not_fire() -> None:
