@@ -90,6 +90,10 @@ class Slots:
     def waiting_by_tenant(self) -> dict[str, int]:
         return dict(self._waiting)
 
+    def granted_by_tenant(self) -> dict[str, int]:
+        """Slots granted so far per tenant, held or since released."""
+        return dict(self._granted)
+
     def shares(self) -> dict[str, float]:
         """Each tenant's share of the slots now: its weight over the weights of the tenants
         holding or waiting for slots (those with neither lend theirs)."""
