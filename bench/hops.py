@@ -6,9 +6,9 @@
                                                 delivery (webhooks topic CreateTime) to the
                                                 broker's append of the completion event
                                                 (LogAppendTime), minus the file transfer
-    file transfer                               RESULT_READY appended to the ledger
-                                                (LogAppendTime) to the STORED decision
-                                                (its `updated_at`): download, checks, upload
+    file transfer                               the result learnt (the ledger's `result_at`)
+                                                to the STORED decision (`finished_at`):
+                                                download, checks, upload
     record produced ─► completion appended      end to end, provider time included: request
                                                 record's CreateTime to the completion
                                                 event's LogAppendTime
@@ -68,6 +68,11 @@ class TopicTimes:
             entry = times.ledger.setdefault(state["idempotency_key"], LedgerTimes())
             phase = state["phase"]
             entry.appended_ms.setdefault(phase, record.timestamp)
+            if state.get("result_at"):
+                # The result commits with the stored state, not on its own: when it was learnt
+                # is kept in the state itself.
+                learnt = datetime.fromisoformat(state["result_at"]).timestamp() * 1000
+                entry.decided_ms.setdefault("RESULT_READY", learnt)
             updated = datetime.fromisoformat(state["updated_at"]).timestamp() * 1000
             entry.decided_ms.setdefault(phase, updated)
             if phase == "COMPLETED" and state.get("finished_at"):
@@ -102,7 +107,7 @@ class TopicTimes:
             entry = self.ledger.get(key)
             if entry is None:
                 continue
-            ready = entry.appended_ms.get("RESULT_READY")
+            ready = entry.decided_ms.get("RESULT_READY")
             stored = entry.decided_ms.get("STORED")
             done = self.completed_ms.get(key)
             if ready is None or stored is None:

@@ -156,7 +156,7 @@ def _rows_throughput(t: dict[str, Any]) -> list[tuple[str, str]]:
             "webhook received → completion acked, excl. transfer",
             _hop(hops.get("webhook_to_ack_ms")),
         ),
-        ("  of which webhook → result recorded", _hop(hops.get("webhook_to_result_ready_ms"))),
+        ("  of which webhook → result learnt", _hop(hops.get("webhook_to_result_ready_ms"))),
         ("  of which files stored → completion acked", _hop(hops.get("stored_to_ack_ms"))),
         ("download + check + upload (separate)", _hop(hops.get("transfer_ms"))),
         ("relay CPU per job (burst)", f"{_n(t.get('relay_cpu_ms_per_job'), 2)} ms"),

@@ -11,8 +11,8 @@ a table of cases, and a property test can run any sequence of events through it.
                                                          |  '--refused--> FAILED
                       ambiguous, or restored here --> UNKNOWN --webhook/history adopts--> SUBMITTED
                   history proves it never arrived: re-POST <--'  '--unresolved--> FAILED | resubmit
-    SUBMITTED --news ok--> RESULT_READY
-    RESULT_READY --files stored--> STORED --published--> COMPLETED
+    SUBMITTED --news ok--> RESULT_READY   (kept in memory until the next write: copying the
+    RESULT_READY --files stored--> STORED --published--> COMPLETED         files is repeatable)
       (a result too large for the ledger stays at the provider; storing fetches it again)
     any open phase --news error--> FAILED | CANCELLED;  result gone --> EXPIRED
     a step (poll, fetch, store) failing past its budget or deadline --> FAILED
@@ -486,6 +486,10 @@ Effect = (
 class Decision:
     record: LedgerRecord | None  # the new state to write first, or None when unchanged
     effects: tuple[Effect, ...] = field(default=())
+    # The new state may wait for the key's next write instead of committing before the effects:
+    # they are safe to repeat, and a crash in between restores the state before it, whose
+    # news is read again (its input record commits with that next write) or polled again.
+    deferrable: bool = False
 
 
 NOTHING = Decision(None)
@@ -975,9 +979,12 @@ def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) ->
     if news.payload is None:
         fresh = {"step_failures": 0, "step_failing_since": None}  # polling is over
         return _change(record, now, **extra, **fresh).then(FetchResult())
-    return _change(record, now, phase=Phase.RESULT_READY, result=news.payload, **extra).then(
-        StoreFiles()
+    ready = _change(
+        record, now, phase=Phase.RESULT_READY, result=news.payload, result_at=now, **extra
     )
+    # Copying the files is idempotent (each lands at a key derived from the job), so the result
+    # need not be committed first: the stored state commits it, one write instead of two.
+    return Decision(ready.record, (StoreFiles(),), deferrable=True)
 
 
 def _never_started(record: LedgerRecord, error: ErrorDetail, now: datetime, policy: Policy) -> bool:
@@ -1010,7 +1017,8 @@ def _stored(
     record: LedgerRecord, artifacts: tuple[Artifact, ...], result: Any, now: datetime
 ) -> Decision:
     charged = _settled(record, "succeeded")
-    update = {"phase": Phase.STORED, "finished_at": now, "charged_usd": charged}
+    # The provider's result is kept as the event has it, pointing at the stored copies.
+    update = {"phase": Phase.STORED, "finished_at": now, "charged_usd": charged, "result": None}
     stored = record.model_copy(update=update)
     event = build_event(stored, "succeeded", None, artifacts, result, now)
     stored = stored.model_copy(update={"event": event, "updated_at": now})

@@ -94,6 +94,9 @@ class LedgerRecord(BaseModel):
     )
     cancel_requested: bool = False
     result: Any = None
+    result_at: datetime | None = Field(
+        default=None, description="when the result was learnt (copying its files began then)"
+    )
     result_refetches: int = 0
     inference_seconds: float | None = None
     cost_units: float | None = None

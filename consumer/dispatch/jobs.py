@@ -97,6 +97,10 @@ class _Actor:
     asked: int = 0  # times the provider could not say whether a webhook's request is ours
     hold: Callable[[], None] | None = None  # releases a budget reservation not yet committed
     closed: bool = False
+    # A decided state not yet committed (`Decision.deferrable`): the key's next write commits
+    # it, and then runs what waits for it to be durable (its input record's offset may commit).
+    staged: LedgerRecord | None = None
+    unsaved: list[Callable[[], None]] | None = None
 
     def push(self, queued: _Queued, *, first: bool = False) -> None:
         if self.inbox is None:
@@ -121,9 +125,14 @@ class _Once:
         self._callback = callback
 
     def __call__(self) -> None:
-        callback, self._callback = self._callback, None
+        callback = self.take()
         if callback is not None:
             callback()
+
+    def take(self) -> Callable[[], None] | None:
+        """The callback, for someone else to call; this one then does nothing."""
+        callback, self._callback = self._callback, None
+        return callback
 
 
 def _now() -> datetime:
@@ -244,11 +253,18 @@ class Jobs:
                 if actor is not None and not actor.closed:
                     self._deliver_internal(actor, lc.BudgetMayFit())
 
+    def state(self, key: str, partition: int) -> LedgerRecord | None:
+        """The key's current state: as decided, even if not yet committed."""
+        actor = self._actors.get(key)
+        if actor is not None and actor.staged is not None:
+            return actor.staged
+        return self._ledger.get(key, partition)
+
     def phases(self) -> dict[str, int]:
         """How many owned keys are in each open phase (for health and metrics)."""
         counts: dict[str, int] = {}
-        for key in self._actors:
-            phase = self._ledger.phase(key)
+        for key, actor in self._actors.items():
+            phase = actor.staged.phase if actor.staged else self._ledger.phase(key)
             name = phase.value if phase else "WAITING"
             counts[name] = counts.get(name, 0) + 1
         return counts
@@ -288,7 +304,7 @@ class Jobs:
     async def _drain_inbox(self, actor: _Actor) -> None:
         while actor.inbox and not actor.closed:
             event, on_done, source = actor.take()
-            record = self._ledger.get(actor.key, actor.partition)
+            record = self._state(actor)
             request_id = record.job.request_id if record and record.job else None
             trace_id = trace_id_of(record.traceparent) if record else None
             durable = _Once(on_done)
@@ -301,12 +317,13 @@ class Jobs:
         self,
         actor: _Actor,
         event: lc.Event,
-        source: SourceRecord | None = None,
-        durable: Callable[[], None] = lambda: None,
+        source: SourceRecord | None,
+        durable: _Once,
     ) -> None:
         """Decide, commit the decided state, then perform the effects. `durable` runs as soon
-        as the state is committed (the record's offset may commit), before any effect."""
-        record = self._ledger.get(actor.key, actor.partition)
+        as the state is committed (the record's offset may commit), before any effect; for a
+        deferred state, once the key's next write commits it."""
+        record = self._state(actor)
         if isinstance(event, lc.SubmitCommand):
             if record is not None:
                 self._metrics.duplicate_suppressed()
@@ -323,7 +340,9 @@ class Jobs:
                 self._cancel_slot_wait(actor)
                 await self._publish(actor, *built)
                 return
-            if decision.record is not None:
+            if decision.record is not None and decision.deferrable:
+                self._stage(actor, decision.record, durable)
+            elif decision.record is not None:
                 decision = await self._write(actor, decision)
         finally:
             # A reservation is counted by its committed state from here (or was not made).
@@ -398,14 +417,36 @@ class Jobs:
         """Commit the decided state; one too large to store ends the key with what fits."""
         assert decision.record is not None
         try:
-            await self._ledger.write(decision.record, actor.partition)
+            await self._commit(actor, decision.record)
         except RecordTooLarge as exc:
             self._metrics.too_large()
             error = ErrorDetail(type="result_too_large", message=str(exc), retryable=False)
             decision = lc.decide(decision.record, lc.TooLarge(error), actor.key, _now())
             assert decision.record is not None
-            await self._ledger.write(decision.record, actor.partition)
+            await self._commit(actor, decision.record)
         return decision
+
+    async def _commit(
+        self, actor: _Actor, record: LedgerRecord, also: tuple[Outgoing, ...] = ()
+    ) -> None:
+        """Write the key's state; it carries whatever was staged, now durable too."""
+        await self._ledger.write(record, actor.partition, also=also)
+        actor.staged = None
+        unsaved, actor.unsaved = actor.unsaved, None
+        for callback in unsaved or ():
+            callback()
+
+    def _stage(self, actor: _Actor, record: LedgerRecord, durable: _Once) -> None:
+        """Keep a deferrable state in memory until the key's next write; what waits for it to
+        be durable waits for that write (if the partition moves first, it never runs)."""
+        actor.staged = record
+        if (callback := durable.take()) is not None:
+            actor.unsaved = [*(actor.unsaved or ()), callback]
+
+    def _state(self, actor: _Actor) -> LedgerRecord | None:
+        if actor.staged is not None:
+            return actor.staged
+        return self._ledger.get(actor.key, actor.partition)
 
     def _traced(self, key: str, event: lc.SubmitCommand, source: SourceRecord) -> lc.SubmitCommand:
         # The job's span links to the producer's; its context is what the ledger keeps, so the
@@ -424,7 +465,7 @@ class Jobs:
 
     async def _perform(self, actor: _Actor, effect: lc.Effect, source: Any) -> None:
         """Perform one effect. What it learns re-enters through the key's inbox, next."""
-        record = self._ledger.get(actor.key, actor.partition)
+        record = self._state(actor)
         assert record is not None or isinstance(effect, lc.Conflict)
         match effect:
             case lc.AcquireSlot(until=until):
@@ -508,7 +549,7 @@ class Jobs:
 
         async def commit(completion: Outgoing) -> None:
             assert announced.record is not None
-            await self._ledger.write(announced.record, actor.partition, also=(completion,))
+            await self._commit(actor, announced.record, also=(completion,))
 
         try:
             await self._steps.publish(event, record.traceparent, commit, _tenant(record))
@@ -530,7 +571,7 @@ class Jobs:
             self._deliver_internal(actor, event)
 
     async def _submit(self, actor: _Actor, start_by: datetime | None = None) -> None:
-        record = self._ledger.get(actor.key, actor.partition)
+        record = self._state(actor)
         assert record is not None
         assert record.phase is Phase.SUBMITTING
         waited = await self._hold_slot(actor, record)
@@ -542,7 +583,7 @@ class Jobs:
             # The intent was committed before the wait; the partition may have moved since.
             # Committing again proves this replica still owns it (`Fenced` otherwise).
             touched = record.model_copy(update={"updated_at": _now()})
-            await self._ledger.write(touched, actor.partition)
+            await self._commit(actor, touched)
         self._next(actor, await self._steps.submit(record, start_by))
 
     # --- timers, slots, bookkeeping -------------------------------------------------------
@@ -649,6 +690,7 @@ class Jobs:
         self._cancel_timer(actor)
         self._cancel_slot_wait(actor)
         self._release_slot(actor)
+        actor.staged = actor.unsaved = None  # never committed: the next owner learns it again
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
 

@@ -571,7 +571,7 @@ class Relay:
             finished()
             return
         key = delivery.idempotency_key
-        record = self.ledger.get(key, source.partition)  # webhooks are co-partitioned
+        record = self.jobs.state(key, source.partition)  # webhooks are co-partitioned
         job = None
         if record is not None and record.endpoint:
             job = to_job(self.provider.submission_for(record.endpoint, delivery.request_id))

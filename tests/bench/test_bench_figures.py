@@ -86,11 +86,11 @@ def test_webhook_hop_leaves_out_the_file_transfer() -> None:
         received_ms={"k": 1010.0},
         hook_ms={"k": 2000},
         completed_ms={"k": 2108},
-        ledger={"k": LedgerTimes({"RESULT_READY": 2005}, {"STORED": 2100.0})},
+        ledger={"k": LedgerTimes({}, {"RESULT_READY": 2005.0, "STORED": 2100.0})},
     )
     hops = times.hops(["k"])
     assert hops["record_to_submit_ms"]["p50"] == 10.0
-    assert hops["webhook_to_ack_ms"]["p50"] == 13.0  # 5 ms to record the result, 8 to announce
+    assert hops["webhook_to_ack_ms"]["p50"] == 13.0  # 5 ms to learn the result, 8 to announce
     assert hops["transfer_ms"]["p50"] == 95.0
 
 

@@ -371,3 +371,47 @@ async def test_a_post_that_arrived_late_but_before_its_start_deadline_is_found()
     assert isinstance(found, lc.HistorySearched)
     assert found.matches is not None
     assert [job.request_id for job in found.matches] == ["req-late"]
+
+
+def news_of(w: World, key: str) -> lc.News:
+    """A verified webhook saying the key's request succeeded."""
+    record = w.ledger.get(key)
+    assert record is not None
+    assert record.job is not None
+    job = record.job
+    return lc.News(request_id=job.request_id, ok=True, payload={"images": []}, job=job)
+
+
+async def test_a_result_commits_with_the_stored_state_and_its_webhook_only_then() -> None:
+    async with world(poll_grace=60) as w:
+        w.submit("a")
+        await eventually(lambda: w.ledger.phases("a")[-1:] == ["SUBMITTED"], timeout=30)
+        phase_when_done: list[list[str]] = []
+        w.jobs.deliver(
+            "a", 0, news_of(w, "a"), on_done=lambda: phase_when_done.append(w.ledger.phases("a"))
+        )
+        await eventually(lambda: w.events("a") == ["succeeded"], timeout=30)
+    # No RESULT_READY write of its own: copying the files may be repeated, so the result
+    # commits with the outcome, and the webhook's offset may commit only once that did.
+    assert w.ledger.phases("a") == ["SUBMITTING", "SUBMITTED", "COMPLETED"]
+    assert phase_when_done == [["SUBMITTING", "SUBMITTED", "COMPLETED"]]
+    record = w.ledger.get("a")
+    assert record is not None
+    assert record.result_at is not None
+    assert record.result is None  # the event holds the result, pointing at the copies
+
+
+async def test_a_result_not_yet_committed_is_lost_with_the_partition_and_its_webhook_kept() -> None:
+    async with world(poll_grace=60) as w:
+        w.submit("a")
+        await eventually(lambda: w.ledger.phases("a")[-1:] == ["SUBMITTED"], timeout=30)
+        done: list[str] = []
+        # The partition moves while the files are copied: the outcome's commit is fenced.
+        w.ledger.lose(0)
+        w.jobs.deliver("a", 0, news_of(w, "a"), on_done=lambda: done.append("a"))
+        await eventually(lambda: w.files.stored == ["a"], timeout=30)
+        await eventually(lambda: w.jobs.active == 0, timeout=30)
+    # The webhook's offset never commits, so the next owner reads it again from SUBMITTED.
+    assert done == []
+    assert w.ledger.phases("a") == ["SUBMITTING", "SUBMITTED"]
+    assert all(also == () for _, also in w.ledger.writes)  # no completion event committed

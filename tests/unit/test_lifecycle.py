@@ -337,7 +337,8 @@ FAILING_STEPS: dict[str, lc.Step] = {
 @settings(max_examples=400, deadline=None)
 @given(MOVES)
 def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
-    record: LedgerRecord | None = None
+    record: LedgerRecord | None = None  # the key's state as decided
+    committed: LedgerRecord | None = None  # as the ledger holds it: what a crash restores
     slot_due = False  # a slot the key waits for
     post_due = False  # a POST the relay would perform now
     paid = 0  # POSTs the provider may have accepted
@@ -349,8 +350,15 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     clock = NOW  # steps back and jumps ahead, as wall clocks (and other replicas') do
 
     def apply(event: lc.Event) -> None:
-        nonlocal record, post_due, slot_due, posts_after_that, ran
+        nonlocal record, committed, post_due, slot_due, posts_after_that, ran
         decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
+        if decision.deferrable:
+            # Only a state whose effects are safe to repeat may skip its own commit.
+            assert decision.record is not None
+            assert not decision.record.terminal
+            assert all(isinstance(e, lc.StoreFiles | lc.FetchResult) for e in decision.effects)
+        elif decision.record is not None:
+            committed = decision.record
         if decision.record is not None:
             # Every state comes back whole from the ledger's bytes (defaults left out), and from
             # those bytes as memory holds them for an open key.
@@ -404,12 +412,14 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             apply(lc.News(request_id="req-1", ok=True, payload=OUTPUT))
         elif move == "crash":
             post_due = slot_due = False  # effects not yet performed die with the process
+            record = committed  # and so does a state not yet committed
             apply(lc.Restored())
         elif move == "crash_mid_post" and post_due:
             paid += 1  # the POST reached the provider, but its answer died with us
             assert record is not None
             arrived.add(record.attempts)
             post_due = False
+            record = committed
             apply(lc.Restored())
         elif move == "retry_due":
             apply(lc.RetryDue())
@@ -478,6 +488,23 @@ def ready() -> LedgerRecord:
     assert record is not None
     assert record.phase is Phase.RESULT_READY
     return record
+
+
+def test_a_result_waits_for_the_stored_state_to_commit_and_is_not_kept_after() -> None:
+    decision = lc.decide(
+        submitted(), lc.News(request_id="req-1", ok=True, payload=OUTPUT), KEY, NOW
+    )
+    # Copying the files is repeatable, so the result need not commit before it starts.
+    assert decision.deferrable
+    assert decision.effects == (lc.StoreFiles(),)
+    assert decision.record is not None
+    assert decision.record.result_at == NOW
+    stored = lc.decide(decision.record, lc.FilesStored((ARTIFACT,), OUTPUT), KEY, NOW)
+    assert not stored.deferrable
+    assert stored.record is not None
+    assert stored.record.result is None
+    assert stored.record.event is not None
+    assert stored.record.event.result == OUTPUT
 
 
 SLOW = ErrorDetail(type="store_unavailable", message="SlowDown", retryable=True)
