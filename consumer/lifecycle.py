@@ -934,7 +934,8 @@ def _absent(record: LedgerRecord, now: datetime, policy: Policy) -> Decision:
 
 
 def _news(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
-    if record.phase in _ADOPTING:
+    adopting = record.phase in _ADOPTING
+    if adopting:
         if news.job is None or news.attempt != record.attempts:
             return NOTHING  # no handle, or a URL made for an earlier attempt
         if not news.account_confirmed:
@@ -955,7 +956,13 @@ def _news(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> De
         return NOTHING
     elif record.job.request_id != news.request_id:
         return NOTHING  # news about a request that is not this key's: ignore
-    return _outcome(record, news, now, policy)
+    decision = _outcome(record, news, now, policy)
+    if adopting and decision.deferrable:
+        # An adoption commits at once: its news may never come again (a webhook's offset can
+        # commit before it is adopted), and without it the key would end unresolved or be
+        # posted again.
+        return replace(decision, deferrable=False)
+    return decision
 
 
 def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
@@ -1034,7 +1041,8 @@ def _finish(
     record: LedgerRecord, phase: Phase, status: Status, error: ErrorDetail, now: datetime
 ) -> Decision:
     assert phase in TERMINAL_PHASES
-    update = {"phase": phase, "finished_at": now, "last_error": error}
+    # A result not stored is not kept: a finished key holds only what its event says.
+    update = {"phase": phase, "finished_at": now, "last_error": error, "result": None}
     ended = record.model_copy(update={**update, "charged_usd": _settled(record, status)})
     event = build_event(ended, status, error, (), None, now)
     ended = ended.model_copy(update={"event": event, "updated_at": now})

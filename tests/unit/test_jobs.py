@@ -22,6 +22,7 @@ from genrelay.consumer.dispatch.jobs import Jobs, Timing
 from genrelay.consumer.dispatch.slots import Slots
 from genrelay.consumer.dispatch.timers import TIMER_CONTEXT
 from genrelay.consumer.errors import (
+    DownloadRefused,
     MaybeSent,
     NotSent,
     ProviderError,
@@ -407,11 +408,97 @@ async def test_a_result_not_yet_committed_is_lost_with_the_partition_and_its_web
         await eventually(lambda: w.ledger.phases("a")[-1:] == ["SUBMITTED"], timeout=30)
         done: list[str] = []
         # The partition moves while the files are copied: the outcome's commit is fenced.
-        w.ledger.lose(0)
+        w.files.answers.append(lambda: w.ledger.lose(0))
         w.jobs.deliver("a", 0, news_of(w, "a"), on_done=lambda: done.append("a"))
-        await eventually(lambda: w.files.stored == ["a"], timeout=30)
         await eventually(lambda: w.jobs.active == 0, timeout=30)
-    # The webhook's offset never commits, so the next owner reads it again from SUBMITTED.
+    # The files were copied with the result uncommitted, and the webhook's offset never
+    # commits, so the next owner reads it again from SUBMITTED.
+    assert w.files.stored == ["a"]
     assert done == []
     assert w.ledger.phases("a") == ["SUBMITTING", "SUBMITTED"]
     assert all(also == () for _, also in w.ledger.writes)  # no completion event committed
+
+
+def committed_events(w: World, key: str) -> list[str]:
+    """The statuses of the key's completion events that committed (not those fenced)."""
+    return [
+        r.event.status
+        for r, also in w.ledger.writes
+        if also and r.idempotency_key == key and r.event is not None
+    ]
+
+
+def hook(w: World, key: str, payload: Any, *, confirmed: bool) -> lc.News:
+    """A webhook for the key's current attempt, for the request the fake posted as req-0."""
+    url = f"http://fake.provider/{ENDPOINT}/requests/req-0"
+    job = ProviderJob(
+        request_id="req-0", status_url=f"{url}/status", response_url=url, cancel_url=url
+    )
+    record = w.ledger.get(key)
+    assert record is not None
+    return lc.News(
+        request_id="req-0",
+        ok=True,
+        payload=payload,
+        job=job,
+        via="webhook",
+        attempt=record.attempts,
+        account_confirmed=confirmed,
+    )
+
+
+async def test_an_adoption_commits_before_its_files_are_copied() -> None:
+    # The answer to the POST was lost (UNKNOWN); a webhook whose account had to be confirmed
+    # first reveals the request. Its offset committed with that question, so it is never
+    # read again: the adoption itself must be durable before the copy, which the partition
+    # outlives only in the ledger.
+    policy = lc.Policy(unknown_grace=timedelta(seconds=1), resubmit_unknown=True)
+    async with world(policy=policy) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        w.files.answers.append(lambda: w.ledger.lose(0))
+        w.jobs.deliver("k", 0, hook(w, "k", {"images": []}, confirmed=False))
+        await eventually(lambda: w.jobs.active == 0, timeout=30)
+        w.ledger.lost.clear()  # the partition comes back: its state is what the ledger holds
+        w.jobs.resume(0)
+        await eventually(lambda: committed_events(w, "k") != [], timeout=30)
+    assert committed_events(w, "k") == ["succeeded"]
+    assert len(w.provider.submits) == 1
+
+
+async def test_an_adoption_outlives_a_failover_longer_than_its_grace() -> None:
+    grace = timedelta(seconds=0.3)
+    async with world(policy=lc.Policy(unknown_grace=grace), poll_grace=60) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        unknown = w.ledger.get("k")
+        assert unknown is not None
+        assert unknown.unknown_since is not None
+        grace_ends = unknown.unknown_since + grace
+        w.files.answers.append(lambda: w.ledger.lose(0))
+        w.jobs.deliver("k", 0, hook(w, "k", {"images": []}, confirmed=True))
+        await eventually(lambda: w.jobs.active == 0, timeout=30)
+        # The new owner restores the key only after its grace to be adopted has passed.
+        await eventually(lambda: datetime.now(UTC) > grace_ends, timeout=30)
+        w.ledger.lost.clear()
+        w.jobs.resume(0)
+        await eventually(lambda: committed_events(w, "k") != [], timeout=30)
+    assert committed_events(w, "k") == ["succeeded"]
+
+
+async def test_a_refused_download_of_a_result_too_large_for_the_ledger_says_refused() -> None:
+    async with world(poll_grace=60) as w:
+        w.ledger.max_record_bytes = 20_000
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["SUBMITTED"], timeout=30)
+        w.files.answers.append(raising(DownloadRefused("host not allowed")))
+        big = {"images": [], "blob": "x" * 50_000}
+        w.jobs.deliver("k", 0, replace(news_of(w, "k"), payload=big))
+        await eventually(lambda: committed_events(w, "k") != [], timeout=30)
+    record = w.ledger.get("k")
+    assert record is not None
+    assert record.event is not None
+    assert record.event.error is not None
+    assert record.event.error.type == "download_refused"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from genrelay.consumer import lifecycle as lc
@@ -336,6 +336,8 @@ FAILING_STEPS: dict[str, lc.Step] = {
 
 @settings(max_examples=400, deadline=None)
 @given(MOVES)
+@example(["record", "slot", "post_ambiguous", "webhook", "crash"])  # an adoption, then a crash
+@example(["record", "slot", "post_ok", "webhook", "result_gone", "crash", "webhook", "files"])
 def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     record: LedgerRecord | None = None  # the key's state as decided
     committed: LedgerRecord | None = None  # as the ledger holds it: what a crash restores
@@ -344,7 +346,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     paid = 0  # POSTs the provider may have accepted
     arrived: set[int] = set()  # the attempts whose POST reached the provider
     ran = False  # a request of the key started running (a start timeout can no longer hit)
-    announced: set[tuple[str, str]] = set()
+    announced: set[tuple[str, str]] = set()  # events committed to the completions topic
     cancelled_before_any_post = False
     posts_after_that = 0
     clock = NOW  # steps back and jumps ahead, as wall clocks (and other replicas') do
@@ -353,12 +355,19 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
         nonlocal record, committed, post_due, slot_due, posts_after_that, ran
         decision = lc.decide(record, event, KEY, clock, SMALL_BUDGET)
         if decision.deferrable:
-            # Only a state whose effects are safe to repeat may skip its own commit.
+            # Only a state whose effects are safe to repeat may skip its own commit, and never
+            # an adoption (the news that revealed the request may not come again).
             assert decision.record is not None
             assert not decision.record.terminal
             assert all(isinstance(e, lc.StoreFiles | lc.FetchResult) for e in decision.effects)
-        elif decision.record is not None:
+            assert record is not None
+            assert record.phase is Phase.SUBMITTED
+            assert (decision.record.job, decision.record.adopted) == (record.job, record.adopted)
+        elif decision.record is not None and not announces(decision):
+            # An outcome commits only with the note that it was announced (`Published`).
             committed = decision.record
+            if committed.published and committed.event is not None:
+                announced.add((committed.event.event_id, committed.event.status))
         if decision.record is not None:
             # Every state comes back whole from the ledger's bytes (defaults left out), and from
             # those bytes as memory holds them for an open key.
@@ -372,7 +381,7 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
             if isinstance(effect, lc.Post):
                 post_due = True
                 posts_after_that += cancelled_before_any_post
-            if isinstance(effect, lc.Publish | lc.Replay):
+            if isinstance(effect, lc.Replay):
                 announced.add((effect.event.event_id, effect.event.status))
 
     for move in moves:
@@ -481,6 +490,25 @@ def test_no_sequence_pays_twice_or_ends_two_ways(moves: list[str]) -> None:
     assert len(announced) <= 1, announced
     if record is not None and record.terminal and record.event is not None:
         assert announced <= {(record.event.event_id, record.event.status)}
+
+
+def test_an_adoption_commits_before_the_files_are_copied() -> None:
+    unknown, _ = step(posting(), lc.Ambiguous(ERROR))
+    decision = lc.decide(unknown, webhook(unknown), KEY, NOW)
+    assert decision.record is not None
+    assert decision.record.adopted
+    assert decision.record.phase is Phase.RESULT_READY
+    # The webhook that revealed the request may never come again: its adoption is durable
+    # before anything else happens.
+    assert not decision.deferrable
+
+
+def announces(decision: lc.Decision) -> bool:
+    """Whether the decision only announces an outcome: `Jobs` commits it with `Published`."""
+    match decision:
+        case lc.Decision(record=LedgerRecord() as record, effects=(lc.Publish(event=event),)):
+            return record.terminal or record.event == event
+    return False
 
 
 def ready() -> LedgerRecord:
