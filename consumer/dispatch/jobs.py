@@ -99,6 +99,7 @@ class _Actor:
     closed: bool = False
     # A decided state not yet committed (`Decision.deferrable`): the key's next write commits
     # it, and then runs what waits for it to be durable (its input record's offset may commit).
+    # A webhook whose account is being confirmed waits here too, until the answer is settled.
     staged: LedgerRecord | None = None
     unsaved: list[Callable[[], None]] | None = None
 
@@ -344,6 +345,12 @@ class Jobs:
                 self._stage(actor, decision.record, durable)
             elif decision.record is not None:
                 decision = await self._write(actor, decision)
+            elif _asks_account(decision):
+                # The webhook's news is settled by the answer: its offset waits for that (an
+                # adoption commits it; a crash meanwhile reads the webhook again).
+                self._hold(actor, durable)
+            elif isinstance(event, lc.AccountChecked):
+                self._settled(actor)  # answered without a change: nothing more to wait for
         finally:
             # A reservation is counted by its committed state from here (or was not made).
             self._release_hold(actor)
@@ -432,16 +439,23 @@ class Jobs:
         """Write the key's state; it carries whatever was staged, now durable too."""
         await self._ledger.write(record, actor.partition, also=also)
         actor.staged = None
-        unsaved, actor.unsaved = actor.unsaved, None
-        for callback in unsaved or ():
-            callback()
+        self._settled(actor)
 
     def _stage(self, actor: _Actor, record: LedgerRecord, durable: _Once) -> None:
         """Keep a deferrable state in memory until the key's next write; what waits for it to
         be durable waits for that write (if the partition moves first, it never runs)."""
         actor.staged = record
+        self._hold(actor, durable)
+
+    def _hold(self, actor: _Actor, durable: _Once) -> None:
         if (callback := durable.take()) is not None:
             actor.unsaved = [*(actor.unsaved or ()), callback]
+
+    def _settled(self, actor: _Actor) -> None:
+        """Run what waited for the key's news to be durable or settled."""
+        unsaved, actor.unsaved = actor.unsaved, None
+        for callback in unsaved or ():
+            callback()
 
     def _state(self, actor: _Actor) -> LedgerRecord | None:
         if actor.staged is not None:
@@ -693,6 +707,11 @@ class Jobs:
         actor.staged = actor.unsaved = None  # never committed: the next owner learns it again
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
+
+
+def _asks_account(decision: lc.Decision) -> bool:
+    """Whether the decision waits for the provider to say whose request a webhook named."""
+    return any(isinstance(e, lc.ConfirmAccount | lc.AskAgain) for e in decision.effects)
 
 
 def _seconds_until(at: datetime) -> float:

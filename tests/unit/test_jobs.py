@@ -502,3 +502,58 @@ async def test_a_refused_download_of_a_result_too_large_for_the_ledger_says_refu
     assert record.event is not None
     assert record.event.error is not None
     assert record.event.error.type == "download_refused"
+
+
+async def test_a_webhook_whose_account_is_asked_about_commits_its_offset_with_the_adoption() -> (
+    None
+):
+    async with world(poll_grace=60) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        seen: list[list[str]] = []
+        w.jobs.deliver(
+            "k",
+            0,
+            hook(w, "k", None, confirmed=False),
+            on_done=lambda: seen.append(w.ledger.phases("k")),
+        )
+        await eventually(lambda: committed_events(w, "k") == ["succeeded"], timeout=30)
+    # Not when the question was asked: a crash before the answer would have lost the webhook.
+    assert seen == [["SUBMITTING", "UNKNOWN", "SUBMITTED"]]
+
+
+async def test_a_webhook_whose_account_is_asked_about_is_kept_if_the_partition_moves() -> None:
+    async with world(poll_grace=60) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        done: list[str] = []
+
+        def moved_while_asking() -> JobStatus:
+            w.ledger.lose(0)
+            return JobStatus(JobState.COMPLETED)
+
+        w.provider.status_answers.append(moved_while_asking)
+        w.jobs.deliver(
+            "k", 0, hook(w, "k", None, confirmed=False), on_done=lambda: done.append("k")
+        )
+        await eventually(lambda: w.jobs.active == 0, timeout=30)
+    assert w.provider.statuses == ["req-0"]  # it was asked about
+    assert done == []  # so the next owner reads the webhook again
+    assert w.ledger.phases("k") == ["SUBMITTING", "UNKNOWN"]
+
+
+async def test_a_webhook_for_another_accounts_request_commits_its_offset_once_answered() -> None:
+    async with world(poll_grace=60) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        done: list[str] = []
+        ours = hook(w, "k", None, confirmed=False)
+        assert ours.job is not None
+        evil = ours.job.model_copy(update={"request_id": "req-evil"})
+        foreign = replace(ours, request_id="req-evil", job=evil)
+        w.jobs.deliver("k", 0, foreign, on_done=lambda: done.append("k"))
+        await eventually(lambda: done == ["k"], timeout=30)
+        assert w.ledger.phases("k") == ["SUBMITTING", "UNKNOWN"]
