@@ -746,6 +746,11 @@ def _on_progress(record: LedgerRecord, event: Event, now: datetime, policy: Poli
 _ADOPTING = frozenset({Phase.SUBMITTING, Phase.UNKNOWN})
 
 
+def may_adopt(record: LedgerRecord | None, news: News) -> bool:
+    """Whether `news` (through its attempt's URL) could still reveal this key's request."""
+    return record is not None and record.phase in _ADOPTING and news.attempt == record.attempts
+
+
 def _due(record: LedgerRecord, step: Step | Literal["search"]) -> Decision:
     phases, effect = _DUE[step]
     return Decision(None, (effect,)) if record.phase in phases else NOTHING

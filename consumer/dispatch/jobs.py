@@ -99,9 +99,11 @@ class _Actor:
     closed: bool = False
     # A decided state not yet committed (`Decision.deferrable`): the key's next write commits
     # it, and then runs what waits for it to be durable (its input record's offset may commit).
-    # A webhook whose account is being confirmed waits here too, until the answer is settled.
     staged: LedgerRecord | None = None
     unsaved: list[Callable[[], None]] | None = None
+    # Webhooks whose request is being asked about (is it our account's?), by request id: each
+    # waits for its own answer, or for a committed state that makes its news moot.
+    asking: dict[str, tuple[lc.News, list[Callable[[], None]]]] | None = None
 
     def push(self, queued: _Queued, *, first: bool = False) -> None:
         if self.inbox is None:
@@ -345,12 +347,13 @@ class Jobs:
                 self._stage(actor, decision.record, durable)
             elif decision.record is not None:
                 decision = await self._write(actor, decision)
-            elif _asks_account(decision):
+            elif (asked := _asked_about(decision)) is not None:
                 # The webhook's news is settled by the answer: its offset waits for that (an
                 # adoption commits it; a crash meanwhile reads the webhook again).
-                self._hold(actor, durable)
+                self._hold_asking(actor, asked, durable)
             elif isinstance(event, lc.AccountChecked):
-                self._settled(actor)  # answered without a change: nothing more to wait for
+                # Answered without a change (another account's request, or the key moved on).
+                self._answered(actor, event.news.request_id)
         finally:
             # A reservation is counted by its committed state from here (or was not made).
             self._release_hold(actor)
@@ -440,21 +443,37 @@ class Jobs:
         await self._ledger.write(record, actor.partition, also=also)
         actor.staged = None
         self._settled(actor)
+        for request_id, (news, _) in list((actor.asking or {}).items()):
+            if not lc.may_adopt(record, news):
+                self._answered(actor, request_id)  # adopted, or moved on: its news is moot
 
     def _stage(self, actor: _Actor, record: LedgerRecord, durable: _Once) -> None:
         """Keep a deferrable state in memory until the key's next write; what waits for it to
         be durable waits for that write (if the partition moves first, it never runs)."""
         actor.staged = record
-        self._hold(actor, durable)
-
-    def _hold(self, actor: _Actor, durable: _Once) -> None:
         if (callback := durable.take()) is not None:
             actor.unsaved = [*(actor.unsaved or ()), callback]
 
     def _settled(self, actor: _Actor) -> None:
-        """Run what waited for the key's news to be durable or settled."""
+        """Run what waited for the key's staged state to be durable."""
         unsaved, actor.unsaved = actor.unsaved, None
         for callback in unsaved or ():
+            callback()
+
+    def _hold_asking(self, actor: _Actor, news: lc.News, durable: _Once) -> None:
+        if (callback := durable.take()) is None:
+            return
+        asking = actor.asking = actor.asking or {}
+        _, callbacks = asking.setdefault(news.request_id, (news, []))
+        callbacks.append(callback)
+
+    def _answered(self, actor: _Actor, request_id: str) -> None:
+        """Run what waited for the answer about `request_id`."""
+        if actor.asking is None or (held := actor.asking.pop(request_id, None)) is None:
+            return
+        if not actor.asking:
+            actor.asking = None
+        for callback in held[1]:
             callback()
 
     def _state(self, actor: _Actor) -> LedgerRecord | None:
@@ -581,8 +600,10 @@ class Jobs:
     # --- submitting ------------------------------------------------------------------------
 
     def _redeliver(self, actor: _Actor, event: lc.Event) -> None:
-        if not actor.closed:
-            self._deliver_internal(actor, event)
+        if actor.closed:
+            return  # its partition was given up
+        # To the key's actor now: the one that asked may have been forgotten and replaced.
+        self._deliver_internal(self._actors.get(actor.key, actor), event)
 
     async def _submit(self, actor: _Actor, start_by: datetime | None = None) -> None:
         record = self._state(actor)
@@ -704,14 +725,18 @@ class Jobs:
         self._cancel_timer(actor)
         self._cancel_slot_wait(actor)
         self._release_slot(actor)
-        actor.staged = actor.unsaved = None  # never committed: the next owner learns it again
+        # Never committed: the next owner learns it again.
+        actor.staged = actor.unsaved = actor.asking = None
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
 
 
-def _asks_account(decision: lc.Decision) -> bool:
-    """Whether the decision waits for the provider to say whose request a webhook named."""
-    return any(isinstance(e, lc.ConfirmAccount | lc.AskAgain) for e in decision.effects)
+def _asked_about(decision: lc.Decision) -> lc.News | None:
+    """The webhook's news, when the decision asks the provider whose request it named."""
+    for effect in decision.effects:
+        if isinstance(effect, lc.ConfirmAccount | lc.AskAgain):
+            return effect.news
+    return None
 
 
 def _seconds_until(at: datetime) -> float:

@@ -24,6 +24,7 @@ from genrelay.consumer.dispatch.timers import TIMER_CONTEXT
 from genrelay.consumer.errors import (
     DownloadRefused,
     MaybeSent,
+    NotFound,
     NotSent,
     ProviderError,
     RateLimited,
@@ -550,10 +551,59 @@ async def test_a_webhook_for_another_accounts_request_commits_its_offset_once_an
         w.submit("k")
         await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
         done: list[str] = []
-        ours = hook(w, "k", None, confirmed=False)
-        assert ours.job is not None
-        evil = ours.job.model_copy(update={"request_id": "req-evil"})
-        foreign = replace(ours, request_id="req-evil", job=evil)
-        w.jobs.deliver("k", 0, foreign, on_done=lambda: done.append("k"))
+        held_while_asked: list[bool] = []
+
+        def not_ours() -> JobStatus:
+            held_while_asked.append(done == [])
+            raise NotFound("unknown request req-evil")
+
+        w.provider.status_answers.append(not_ours)
+        w.jobs.deliver("k", 0, foreign_hook(w, "k"), on_done=lambda: done.append("k"))
         await eventually(lambda: done == ["k"], timeout=30)
+        assert held_while_asked == [True]
         assert w.ledger.phases("k") == ["SUBMITTING", "UNKNOWN"]
+
+
+def foreign_hook(w: World, key: str) -> lc.News:
+    """A webhook through the key's URL naming another account's request."""
+    ours = hook(w, key, None, confirmed=False)
+    assert ours.job is not None
+    evil = ours.job.model_copy(update={"request_id": "req-evil"})
+    return replace(ours, request_id="req-evil", job=evil)
+
+
+async def test_another_webhooks_answer_does_not_release_one_still_asked_about() -> None:
+    async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        # fal cannot be asked about ours now (asked again in 30 s); the other is not ours.
+        w.provider.status_answers.append(raising(ProviderError("fal is down")))
+        done: list[str] = []
+        w.jobs.deliver(
+            "k", 0, hook(w, "k", None, confirmed=False), on_done=lambda: done.append("ours")
+        )
+        w.jobs.deliver("k", 0, foreign_hook(w, "k"), on_done=lambda: done.append("foreign"))
+        await eventually(lambda: done == ["foreign"], timeout=30)
+        assert w.provider.statuses == ["req-0", "req-evil"]
+        # Ours is still unanswered: its offset waits (a crash now reads it again).
+
+
+async def test_a_cancel_while_a_webhook_is_asked_about_does_not_release_it() -> None:
+    async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
+        w.provider.lose_answers = 1
+        w.submit("k")
+        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        w.provider.status_answers.append(raising(ProviderError("fal is down")))
+        done: list[str] = []
+        w.jobs.deliver(
+            "k", 0, hook(w, "k", None, confirmed=False), on_done=lambda: done.append("k")
+        )
+        await eventually(lambda: w.provider.statuses == ["req-0"], timeout=30)
+        w.jobs.deliver("k", 0, lc.CancelCommand())
+        # The cancel is committed (the key may still adopt its request: fal may have run it)...
+        await eventually(
+            lambda: w.ledger.phases("k") == ["SUBMITTING", "UNKNOWN", "UNKNOWN"], timeout=30
+        )
+        # ...and the webhook still waits for its answer.
+        assert done == []
