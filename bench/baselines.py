@@ -159,15 +159,17 @@ async def run_baseline(bench: Bench, run: BaselineRun) -> dict[str, Any]:
 
 
 def _failures(done: dict[str, Any], provider: ProviderConditions) -> dict[str, Any]:
-    """`errors` (any failed job fails the run) apart from the measured jobs that failed as
-    the provider was told to make them fail (`failed_as_injected`)."""
+    """The baseline's jobs that failed otherwise than the provider was told to make them fail
+    (`failed_otherwise`, reported: a baseline's own failures, such as fal-client losing a
+    connection the server closed, are a figure of that baseline, not a broken run), apart
+    from those that failed as injected (`failed_as_injected`)."""
     by_phase: dict[str, dict[str, int]] = done["errors_by_type"]
     injected = {
         phase: counts.get(provider.failure_type, 0) if provider.failure_rate else 0
         for phase, counts in by_phase.items()
     }
     found: dict[str, Any] = {
-        "errors": int(done["errors"]) - sum(injected.values()),
+        "failed_otherwise": int(done["errors"]) - sum(injected.values()),
         "errors_by_type": by_phase,
     }
     if provider.failure_rate:

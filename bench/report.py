@@ -367,7 +367,7 @@ def _rows_realistic(r: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if failed := ours.get("not_succeeded"):
         rows.append(("genrelay jobs that failed otherwise", json.dumps(failed)))
-    if naive.get("errors"):
+    if naive.get("failed_otherwise"):
         rows.append(("naive jobs that failed otherwise", json.dumps(naive["errors_by_type"])))
     return rows
 

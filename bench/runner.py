@@ -183,9 +183,10 @@ async def _guarded(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, An
 
 
 def _errors(node: Any) -> bool:
-    """A failed scenario, or a job that failed otherwise than the emulator was told to make
-    it fail (those are counted apart, as `failed_as_injected`)."""
+    """A failed scenario, or a genrelay job that failed otherwise than the emulator was told
+    to make it fail (those are counted apart, as `failed_as_injected`; a baseline's failed
+    jobs are its `failed_otherwise` figure)."""
     if isinstance(node, dict):
-        failed = "error" in node or bool(node.get("not_succeeded")) or bool(node.get("errors"))
+        failed = "error" in node or bool(node.get("not_succeeded"))
         return failed or any(_errors(v) for v in node.values())
     return False
