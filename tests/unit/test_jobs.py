@@ -420,6 +420,13 @@ async def test_a_result_not_yet_committed_is_lost_with_the_partition_and_its_web
     assert all(also == () for _, also in w.ledger.writes)  # no completion event committed
 
 
+async def paid_but_unknown(w: World, key: str) -> None:
+    """Submit `key`; its POST arrives (as req-0) and is paid, but the answer is lost."""
+    w.provider.lose_answers = 1
+    w.submit(key)
+    await eventually(lambda: w.ledger.phases(key)[-1:] == ["UNKNOWN"], timeout=30)
+
+
 def committed_events(w: World, key: str) -> list[str]:
     """The statuses of the key's completion events that committed (not those fenced)."""
     return [
@@ -455,9 +462,7 @@ async def test_an_adoption_commits_before_its_files_are_copied() -> None:
     # outlives only in the ledger.
     policy = lc.Policy(unknown_grace=timedelta(seconds=1), resubmit_unknown=True)
     async with world(policy=policy) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         w.files.answers.append(lambda: w.ledger.lose(0))
         w.jobs.deliver("k", 0, hook(w, "k", {"images": []}, confirmed=False))
         await eventually(lambda: w.jobs.active == 0, timeout=30)
@@ -471,9 +476,7 @@ async def test_an_adoption_commits_before_its_files_are_copied() -> None:
 async def test_an_adoption_outlives_a_failover_longer_than_its_grace() -> None:
     grace = timedelta(seconds=0.3)
     async with world(policy=lc.Policy(unknown_grace=grace), poll_grace=60) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         unknown = w.ledger.get("k")
         assert unknown is not None
         assert unknown.unknown_since is not None
@@ -509,9 +512,7 @@ async def test_a_webhook_whose_account_is_asked_about_commits_its_offset_with_th
     None
 ):
     async with world(poll_grace=60) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         seen: list[list[str]] = []
         w.jobs.deliver(
             "k",
@@ -526,9 +527,7 @@ async def test_a_webhook_whose_account_is_asked_about_commits_its_offset_with_th
 
 async def test_a_webhook_whose_account_is_asked_about_is_kept_if_the_partition_moves() -> None:
     async with world(poll_grace=60) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         done: list[str] = []
 
         def moved_while_asking() -> JobStatus:
@@ -547,9 +546,7 @@ async def test_a_webhook_whose_account_is_asked_about_is_kept_if_the_partition_m
 
 async def test_a_webhook_for_another_accounts_request_commits_its_offset_once_answered() -> None:
     async with world(poll_grace=60) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         done: list[str] = []
         held_while_asked: list[bool] = []
 
@@ -574,9 +571,7 @@ def foreign_hook(w: World, key: str) -> lc.News:
 
 async def test_another_webhooks_answer_does_not_release_one_still_asked_about() -> None:
     async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         # fal cannot be asked about ours now (asked again in 30 s); the other is not ours.
         w.provider.status_answers.append(raising(ProviderError("fal is down")))
         done: list[str] = []
@@ -591,9 +586,7 @@ async def test_another_webhooks_answer_does_not_release_one_still_asked_about() 
 
 async def test_a_cancel_while_a_webhook_is_asked_about_does_not_release_it() -> None:
     async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
-        w.provider.lose_answers = 1
-        w.submit("k")
-        await eventually(lambda: w.ledger.phases("k")[-1:] == ["UNKNOWN"], timeout=30)
+        await paid_but_unknown(w, "k")
         w.provider.status_answers.append(raising(ProviderError("fal is down")))
         done: list[str] = []
         w.jobs.deliver(
