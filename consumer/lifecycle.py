@@ -961,16 +961,14 @@ def _news(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> De
         return NOTHING
     elif record.job.request_id != news.request_id:
         return NOTHING  # news about a request that is not this key's: ignore
-    decision = _outcome(record, news, now, policy)
-    if adopting and decision.deferrable:
-        # An adoption commits at once: its news may never come again (a webhook's offset can
-        # commit before it is adopted), and without it the key would end unresolved or be
-        # posted again.
-        return replace(decision, deferrable=False)
-    return decision
+    # An adoption commits at once: its news may never come again (a webhook's offset can commit
+    # before it is adopted), and without it the key would end unresolved or be posted again.
+    return _outcome(record, news, now, policy, may_defer=not adopting)
 
 
-def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) -> Decision:
+def _outcome(
+    record: LedgerRecord, news: News, now: datetime, policy: Policy, *, may_defer: bool
+) -> Decision:
     extra: dict[str, Any] = {}
     if news.inference_seconds is not None:
         extra["inference_seconds"] = news.inference_seconds
@@ -996,7 +994,7 @@ def _outcome(record: LedgerRecord, news: News, now: datetime, policy: Policy) ->
     )
     # Copying the files is idempotent (each lands at a key derived from the job), so the result
     # need not be committed first: the stored state commits it, one write instead of two.
-    return Decision(ready.record, (StoreFiles(),), deferrable=True)
+    return Decision(ready.record, (StoreFiles(),), deferrable=may_defer)
 
 
 def _never_started(record: LedgerRecord, error: ErrorDetail, now: datetime, policy: Policy) -> bool:

@@ -259,9 +259,7 @@ class Jobs:
     def state(self, key: str, partition: int) -> LedgerRecord | None:
         """The key's current state: as decided, even if not yet committed."""
         actor = self._actors.get(key)
-        if actor is not None and actor.staged is not None:
-            return actor.staged
-        return self._ledger.get(key, partition)
+        return self._ledger.get(key, partition) if actor is None else self._state(actor)
 
     def phases(self) -> dict[str, int]:
         """How many owned keys are in each open phase (for health and metrics)."""
@@ -477,9 +475,7 @@ class Jobs:
             callback()
 
     def _state(self, actor: _Actor) -> LedgerRecord | None:
-        if actor.staged is not None:
-            return actor.staged
-        return self._ledger.get(actor.key, actor.partition)
+        return actor.staged or self._ledger.get(actor.key, actor.partition)
 
     def _traced(self, key: str, event: lc.SubmitCommand, source: SourceRecord) -> lc.SubmitCommand:
         # The job's span links to the producer's; its context is what the ledger keeps, so the
