@@ -8,6 +8,13 @@
     floor         the transport limit: consume, then one POST of the input to the provider per
                   record, nothing else; the httpx API on the aiohttp engine genrelay uses.
     floor-httpx   the same with httpx's own connection pool.
+    floor-job     a whole job's traffic and nothing else, on genrelay's HTTP client (httpx on
+                  aiohttp's engine): consume, the submit with a webhook URL, the webhook
+                  received (aiohttp's server), the result read, the file downloaded and PUT to
+                  S3 (a presigned URL), the completion event produced; offsets auto-committed.
+                  No ledger, no transactions, no signature checks, no retries: what any relay
+                  on these clients must at least spend per job on this machine.
+    floor-job-aiohttp  the same on aiohttp's own client API: what the httpx layer costs.
 
 Protocol with the parent: JSON lines on stdout, `{"event": "warm"}` once the warm-up records
 are handled and `{"event": "done", "last_done_at": <unix time>, ...}` after the measured ones,
@@ -28,10 +35,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
+from urllib.parse import quote
 
+import aiohttp
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import yarl
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from minio import Minio
 
 from genrelay.bench.measure import summary_ms
@@ -39,7 +51,7 @@ from genrelay.consumer.provider.http_transport import pooled_client
 
 log = logging.getLogger("genrelay.bench.baseline")
 Job = Callable[[Any], Coroutine[Any, Any, None]]
-KINDS = ("naive", "floor", "floor-httpx")
+KINDS = ("naive", "floor", "floor-httpx", "floor-job", "floor-job-aiohttp")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -171,6 +183,131 @@ async def floor(args: argparse.Namespace) -> None:
     await drive(consumer, job, args)
 
 
+class Webhooks:
+    """An aiohttp server that resolves each job's wait when its webhook arrives."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._receive)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    def expect(self, key: str) -> asyncio.Future[None]:
+        arrival = asyncio.get_running_loop().create_future()
+        self._waiting[key] = arrival
+        return arrival
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        json.loads(await request.read())
+        arrival = self._waiting.pop(request.query.get("key", ""), None)
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
+        return web.Response(status=200)
+
+
+Answer = tuple[int, bytes]  # status, body
+
+
+class Http(Protocol):
+    async def __call__(
+        self, method: str, url: str, *, body: bytes | None = None, headers: dict[str, str]
+    ) -> Answer: ...
+
+
+def httpx_calls(args: argparse.Namespace) -> Http:
+    """genrelay's client: the httpx API on aiohttp's engine."""
+    client = pooled_client(
+        timeout=httpx.Timeout(60.0, connect=10.0), max_connections=args.concurrency
+    )
+
+    async def call(
+        method: str, url: str, *, body: bytes | None = None, headers: dict[str, str]
+    ) -> Answer:
+        response = await client.request(method, url, content=body, headers=headers)
+        return response.status_code, response.content
+
+    return call
+
+
+def aiohttp_calls(args: argparse.Namespace) -> Http:
+    """aiohttp's own client API, with the same connection limit."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.concurrency),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=60.0, sock_connect=10.0),
+    )
+
+    async def call(
+        method: str, url: str, *, body: bytes | None = None, headers: dict[str, str]
+    ) -> Answer:
+        # Already quoted (the webhook URL, the presigned query): sent as it is.
+        async with session.request(
+            method, yarl.URL(url, encoded=True), data=body, headers=headers
+        ) as response:
+            return response.status, await response.read()
+
+    return call
+
+
+def ok(answer: Answer, what: str) -> bytes:
+    status, body = answer
+    if not 200 <= status < 300:
+        raise RuntimeError(f"{what}: HTTP {status}")
+    return body
+
+
+async def floor_job(args: argparse.Namespace) -> None:
+    http = aiohttp_calls(args) if args.kind == "floor-job-aiohttp" else httpx_calls(args)
+    auth = {"Authorization": f"Key {os.environ['FAL_KEY']}"}
+    store = Minio(
+        args.s3_endpoint,
+        access_key=os.environ["BENCH_S3_ACCESS_KEY"],
+        secret_key=os.environ["BENCH_S3_SECRET_KEY"],
+        secure=False,
+        region="us-east-1",  # known, so presigning asks the server nothing
+    )
+    if not store.bucket_exists(args.bucket):
+        store.make_bucket(args.bucket)
+    webhooks = Webhooks()
+    await webhooks.start()
+    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all")
+    await producer.start()
+    consumer = consumer_for(args, auto_commit=True)
+
+    async def job(record: Any) -> None:
+        request = json.loads(record.value)
+        key = request["idempotency_key"]
+        hook = quote(f"{webhooks.url}?key={quote(key, safe='')}", safe="")
+        arrival = webhooks.expect(key)
+        submit_url = f"{args.emulator}/{request['endpoint']}?fal_webhook={hook}"
+        body = json.dumps(request["input"]).encode()
+        json_auth = {**auth, "Content-Type": "application/json"}
+        submitted = json.loads(
+            ok(await http("POST", submit_url, body=body, headers=json_auth), "submit")
+        )
+        await asyncio.wait_for(arrival, 60.0)
+        result = json.loads(
+            ok(await http("GET", submitted["response_url"], headers=auth), "result")
+        )
+        image = result["images"][0]
+        data = ok(await http("GET", image["url"], headers={}), "download")
+        target = store.presigned_put_object(args.bucket, f"{key}/0.png", timedelta(hours=1))
+        ok(await http("PUT", target, body=data, headers={"Content-Type": "image/png"}), "upload")
+        event = {"idempotency_key": key, "status": "succeeded", "files": [target.split("?")[0]]}
+        await producer.send_and_wait(args.events_topic, json.dumps(event).encode(), key.encode())
+
+    await consumer.start()
+    await drive(consumer, job, args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m genrelay.bench.baseline_worker")
     p.add_argument("kind", choices=KINDS)
@@ -183,11 +320,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--s3-endpoint", default="")
     p.add_argument("--bucket", default="")
+    p.add_argument("--events-topic", default="", help="floor-job: where completions go")
     return p
 
 
 async def _run(args: argparse.Namespace) -> None:
-    await (naive(args) if args.kind == "naive" else floor(args))
+    runs = {"naive": naive, "floor-job": floor_job, "floor-job-aiohttp": floor_job}
+    await runs.get(args.kind, floor)(args)
     # Stay alive until terminated: the parent reads this process's peak memory first.
     await asyncio.Event().wait()
 

@@ -127,7 +127,8 @@ async def run_baseline(bench: Bench, run: BaselineRun) -> dict[str, Any]:
                 f"--jobs={jobs}",
                 f"--concurrency={concurrency}",
                 f"--s3-endpoint={bench.stack.s3_endpoint}",
-                f"--bucket=bench-{bench.run_id}-naive",
+                f"--bucket=bench-{bench.run_id}-{run.label}",
+                f"--events-topic={topics.completions}",
             ]
             async with BaselineProcess(bench, run, argv) as child:
                 await child.event("warm", wait_budget(len(warm), slowest) + 60)
@@ -183,6 +184,18 @@ def compare(genrelay: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> d
     return {
         kind: round(ours / figures["jobs_per_second"], 3)
         if ours and figures.get("jobs_per_second")
+        else None
+        for kind, figures in baselines.items()
+    }
+
+
+def cpu_multiple(genrelay: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """genrelay's relay CPU per job as a multiple of each baseline's (below 1: genrelay spends
+    less; against `floor-job`, what the relay's own work adds to the job's traffic)."""
+    ours = genrelay.get("relay_cpu_ms_per_job")
+    return {
+        kind: round(ours / figures["cpu_ms_per_job"], 3)
+        if ours and figures.get("cpu_ms_per_job")
         else None
         for kind, figures in baselines.items()
     }

@@ -61,12 +61,13 @@ def required_figures(plan: Plan, units: list[str]) -> list[str]:
         ]
         wanted += [f"throughput.hops.{hop}.{q}" for hop in hops for q in ("p50", "p99")]
     if "baselines" in units:
-        for kind in ("naive", "floor"):
+        for kind in ("naive", "floor", "floor-job", "floor-job-aiohttp"):
             wanted += [
                 f"baselines.{kind}.jobs_per_second",
                 f"baselines.{kind}.provider_calls.per_job",
                 f"baselines.genrelay_ratio.{kind}",
             ]
+        wanted.append("baselines.genrelay_cpu_multiple.floor-job")
     if "scale.in-flight" in units:
         wanted.append("scale.in_flight.rss_kb_per_in_flight_job")
     if "scale.restore" in units:
@@ -202,8 +203,11 @@ def _rows_baselines(b: dict[str, Any]) -> list[tuple[str, str]]:
         "naive": "naive: fal-client subscribe, minio, commit per job",
         "floor": "floor: consume + one POST (aiohttp engine)",
         "floor-httpx": "floor: consume + one POST (httpx pool)",
+        "floor-job": "floor: a whole job's traffic, no ledger (httpx on aiohttp's engine)",
+        "floor-job-aiohttp": "floor: the same on aiohttp's own client",
     }
     ratio = b.get("genrelay_ratio", {})
+    multiple = b.get("genrelay_cpu_multiple", {})
     rows = []
     for kind, label in labels.items():
         figures = b.get(kind)
@@ -218,7 +222,8 @@ def _rows_baselines(b: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_n(figures['jobs_per_second'])} jobs/s · "
                 f"{_n(figures['provider_calls']['per_job'], 2)} calls/job · "
                 f"{_n(figures['cpu_ms_per_job'], 2)} ms CPU/job · "
-                f"genrelay = {_n(ratio.get(kind), 2)}x",
+                f"genrelay = {_n(ratio.get(kind), 2)}x the jobs/s, "
+                f"{_n(multiple.get(kind), 2)}x the CPU/job",
             )
         )
     return rows

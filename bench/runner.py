@@ -18,7 +18,7 @@ from typing import Any
 
 from genrelay.bench import realistic
 from genrelay.bench.backlog import backlog_run, without_backlog
-from genrelay.bench.baselines import BaselineRun, compare, run_baseline
+from genrelay.bench.baselines import BaselineRun, compare, cpu_multiple, run_baseline
 from genrelay.bench.context import Bench, Plan
 from genrelay.bench.fairness import fairness
 from genrelay.bench.measure import host_facts, load_average
@@ -35,7 +35,7 @@ from genrelay.bench.services import remove_buckets
 from genrelay.bench.throughput import RelayRun, run_genrelay
 from genrelay.deploy.local.stack import StackInfo
 
-BASELINE_KINDS = ("naive", "floor", "floor-httpx")
+BASELINE_KINDS = ("naive", "floor", "floor-httpx", "floor-job", "floor-job-aiohttp")
 # Run order; `scale` stands for its three parts. The backlog follows the throughput run it
 # is set beside. The restore goes last: it leaves this process with gigabytes of
 # freed-but-held memory.
@@ -139,7 +139,9 @@ async def _run_unit(bench: Bench, unit: str, scenarios: dict[str, Any]) -> None:
             figures[kind] = await _guarded(
                 functools.partial(run_baseline, bench, BaselineRun(kind))
             )
-        figures["genrelay_ratio"] = compare(scenarios.get("throughput", {}), figures)
+        ours = scenarios.get("throughput", {})
+        figures["genrelay_cpu_multiple"] = cpu_multiple(ours, figures)
+        figures["genrelay_ratio"] = compare(ours, figures)
         scenarios["baselines"] = figures
         return
     if unit == "realistic":

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from genrelay.bench.baselines import compare, cpu_multiple
 from genrelay.bench.cli import add_arguments, plan_from, read_stack
 from genrelay.bench.context import Plan
 from genrelay.bench.fairness import FloodPlan, _late_waits
@@ -161,6 +162,21 @@ def test_baselines_bring_the_throughput_run_they_are_compared_with() -> None:
     assert expand([])[0] == "throughput"
     assert {"fairness", "backlog", "realistic"} <= set(expand([]))
     assert expand([])[-1] == "scale.restore"
+
+
+def test_genrelay_is_set_beside_each_baselines_jobs_per_second_and_cpu_per_job() -> None:
+    ours = {"jobs_per_second": 150.0, "relay_cpu_ms_per_job": 4.5}
+    floors: dict[str, dict[str, Any]] = {
+        "floor-job": {"jobs_per_second": 300.0, "cpu_ms_per_job": 2.5},
+        "naive": {"jobs_per_second": 75.0, "cpu_ms_per_job": 11.25},
+        "broken": {"error": "TimeoutError"},
+    }
+    assert compare(ours, floors) == {"floor-job": 0.5, "naive": 2.0, "broken": None}
+    assert cpu_multiple(ours, floors) == {"floor-job": 1.8, "naive": 0.4, "broken": None}
+    assert cpu_multiple({"error": "x"}, floors)["floor-job"] is None
+    required = required_figures(Plan(), ["throughput", "baselines"])
+    assert "baselines.genrelay_cpu_multiple.floor-job" in required
+    assert "baselines.floor-job-aiohttp.jobs_per_second" in required
 
 
 def test_the_backlog_runs_after_the_throughput_run_it_is_set_beside() -> None:
