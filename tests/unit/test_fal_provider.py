@@ -298,6 +298,20 @@ async def test_status_in_queue_reports_the_position() -> None:
     assert (status.state, status.queue_position, status.failed) == (JobState.IN_QUEUE, 4, False)
 
 
+async def test_status_asks_for_logs_only_when_told_and_keeps_the_urls_own_query() -> None:
+    queue = Queue(*[httpx.Response(202, json={"status": "IN_QUEUE"})] * 3)
+    provider = provider_for(queue)
+    await provider.status(SUBMISSION)
+    await provider.status(SUBMISSION, with_logs=True)
+    await provider.status(replace(SUBMISSION, status_url=SUBMISSION.status_url + "?region=eu"))
+    assert [dict(request.url.params) for request in queue.requests] == [
+        {"logs": "0"},
+        {"logs": "1"},
+        {"region": "eu", "logs": "0"},
+    ]
+    assert queue.requests[0].url.path == "/q/req-1/status"
+
+
 async def test_status_tolerates_null_logs_missing_metrics_and_unknown_fields() -> None:
     body = {"status": "IN_PROGRESS", "logs": None, "novel_field": {"x": 1}}
     status = await provider_for(Queue(httpx.Response(202, json=body))).status(SUBMISSION)
