@@ -8,13 +8,15 @@
     floor         the transport limit: consume, then one POST of the input to the provider per
                   record, nothing else; the httpx API on the aiohttp engine genrelay uses.
     floor-httpx   the same with httpx's own connection pool.
-    floor-job     a whole job's traffic and nothing else, on genrelay's HTTP client (httpx on
-                  aiohttp's engine): consume, the submit with a webhook URL, the webhook
-                  received (aiohttp's server), the result read, the file downloaded and PUT to
-                  S3 (a presigned URL), the completion event produced; offsets auto-committed.
-                  No ledger, no transactions, no signature checks, no retries: what any relay
-                  on these clients must at least spend per job on this machine.
-    floor-job-aiohttp  the same on aiohttp's own client API: what the httpx layer costs.
+    floor-job     a whole job's traffic and nothing else, on genrelay's HTTP clients (httpx on
+                  aiohttp's engine to fal and for the download, aiohttp's own for the upload):
+                  consume, the submit with a webhook URL, the webhook received (aiohttp's
+                  server), the result read, the file downloaded and PUT to S3 (a presigned
+                  URL), the completion event produced; offsets auto-committed. No ledger, no
+                  transactions, no signature checks, no retries: what any relay on these
+                  clients must at least spend per job on this machine.
+    floor-job-aiohttp  the same with every call on aiohttp's own client: what the httpx layer
+                  costs genrelay's three calls through it.
 
 Protocol with the parent: JSON lines on stdout, `{"event": "warm"}` once the warm-up records
 are handled and `{"event": "done", "last_done_at": <unix time>, ...}` after the measured ones,
@@ -265,7 +267,9 @@ def ok(answer: Answer, what: str) -> bytes:
 
 
 async def floor_job(args: argparse.Namespace) -> None:
-    http = aiohttp_calls(args) if args.kind == "floor-job-aiohttp" else httpx_calls(args)
+    # genrelay's own split: fal and the download on httpx, the upload on aiohttp (MinioStore).
+    uploads = aiohttp_calls(args)
+    http = uploads if args.kind == "floor-job-aiohttp" else httpx_calls(args)
     auth = {"Authorization": f"Key {os.environ['FAL_KEY']}"}
     store = Minio(
         args.s3_endpoint,
@@ -300,7 +304,7 @@ async def floor_job(args: argparse.Namespace) -> None:
         image = result["images"][0]
         data = ok(await http("GET", image["url"], headers={}), "download")
         target = store.presigned_put_object(args.bucket, f"{key}/0.png", timedelta(hours=1))
-        ok(await http("PUT", target, body=data, headers={"Content-Type": "image/png"}), "upload")
+        ok(await uploads("PUT", target, body=data, headers={"Content-Type": "image/png"}), "upload")
         event = {"idempotency_key": key, "status": "succeeded", "files": [target.split("?")[0]]}
         await producer.send_and_wait(args.events_topic, json.dumps(event).encode(), key.encode())
 
