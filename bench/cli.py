@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="sample the relay with py-spy during the throughput burst; stacks go to DIR",
+        help="sample the relay with py-spy during the throughput and realistic runs; stacks go "
+        "to DIR",
     )
 
 

@@ -35,11 +35,12 @@ def provider(plan: Plan) -> ProviderConditions:
     )
 
 
-def relay_run(plan: Plan) -> RelayRun:
+def relay_run(plan: Plan, *, profile: bool = False) -> RelayRun:
     limit = plan.realistic_concurrency
     return RelayRun(
         "realistic",
         paced=False,
+        profile=profile,
         jobs=plan.realistic_jobs,
         provider=provider(plan),
         relay_settings={

@@ -145,7 +145,13 @@ async def _run_unit(bench: Bench, unit: str, scenarios: dict[str, Any]) -> None:
         scenarios["baselines"] = figures
         return
     if unit == "realistic":
-        ours = await _guarded(functools.partial(run_genrelay, bench, realistic.relay_run(plan)))
+        ours = await _guarded(
+            functools.partial(
+                run_genrelay,
+                bench,
+                realistic.relay_run(plan, profile=bench.profile_dir is not None),
+            )
+        )
         naive = await _guarded(functools.partial(run_baseline, bench, realistic.naive_run(plan)))
         scenarios["realistic"] = {
             "settings": realistic.settings(plan),
