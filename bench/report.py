@@ -58,6 +58,7 @@ def required_figures(plan: Plan, units: list[str]) -> list[str]:
             "throughput.relay_cpu_ms_per_job",
             "throughput.relay_peak_rss_mb",
             "throughput.provider_calls.per_job",
+            "throughput.paced_relay_cpu_ms_per_job",
         ]
         wanted += [f"throughput.hops.{hop}.{q}" for hop in hops for q in ("p50", "p99")]
     if "baselines" in units:
@@ -170,6 +171,15 @@ def _rows_throughput(t: dict[str, Any]) -> list[tuple[str, str]]:
                 "Kafka transactions per job (burst)",
                 f"{_n(committed.get('per_job'), 2)} · {_n(committed.get('records_per_job'), 2)}"
                 f" records/job · {_n(committed.get('records_per_transaction'), 2)} records each",
+            )
+        )
+    if (paced_cpu := t.get("paced_relay_cpu_ms_per_job")) is not None:
+        paced = t.get("paced_transactions") or {}
+        rows.append(
+            (
+                f"relay CPU per job (paced at {_n(offered)} jobs/s)",
+                f"{_n(paced_cpu, 2)} ms · {_n(paced.get('per_job'), 2)} transactions/job · "
+                f"{_n(paced.get('records_per_transaction'), 2)} records each",
             )
         )
     if failed := t.get("not_succeeded"):

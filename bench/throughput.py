@@ -186,9 +186,22 @@ async def _phases(
     if run.paced:
         paced = bench.keys(run.name, "paced", plan.paced_jobs)
         offered = per_second * plan.paced_share
+        committed_before = await _counters(fleet.admin_ports, TRANSACTION_COUNTERS)
+        cpu = CpuWatch(fleet.pids).start()
         await producer.paced(topics.requests, paced, offered)
         await watch.wait(paced, budget(paced) + len(paced) / offered, fleet.check)
+        spent = cpu.stop()
         figures["paced_offered_jobs_per_second"] = round(offered, 1)
+        # A steady rate batches less than a burst: fewer records per transaction, more
+        # wake-ups per job. Operators mostly run here, not at the burst's peak.
+        figures["paced_relay_cpu_ms_per_job"] = round(
+            sum(spent.process_seconds.values()) / len(paced) * 1000, 3
+        )
+        figures["paced_transactions"] = _transactions(
+            committed_before,
+            await _counters(fleet.admin_ports, TRANSACTION_COUNTERS),
+            len(paced),
+        )
 
     figures["relay_idle_rss_mb"] = round(idle_rss / _MB, 1)
     figures["relay_peak_rss_mb"] = round(
