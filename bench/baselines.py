@@ -180,22 +180,20 @@ def _failures(done: dict[str, Any], provider: ProviderConditions) -> dict[str, A
 
 def compare(genrelay: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """genrelay's throughput as a ratio to each baseline's (above 1: genrelay is faster)."""
-    ours = genrelay.get("jobs_per_second")
-    return {
-        kind: round(ours / figures["jobs_per_second"], 3)
-        if ours and figures.get("jobs_per_second")
-        else None
-        for kind, figures in baselines.items()
-    }
+    return _ratios(genrelay.get("jobs_per_second"), baselines, "jobs_per_second")
 
 
 def cpu_multiple(genrelay: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """genrelay's relay CPU per job as a multiple of each baseline's (below 1: genrelay spends
     less; against `floor-job`, what the relay's own work adds to the job's traffic)."""
-    ours = genrelay.get("relay_cpu_ms_per_job")
+    return _ratios(genrelay.get("relay_cpu_ms_per_job"), baselines, "cpu_ms_per_job")
+
+
+def _ratios(
+    ours: float | None, baselines: dict[str, dict[str, Any]], figure: str
+) -> dict[str, float | None]:
+    """`ours` over each baseline's `figure`; None where either is missing (a failed run)."""
     return {
-        kind: round(ours / figures["cpu_ms_per_job"], 3)
-        if ours and figures.get("cpu_ms_per_job")
-        else None
+        kind: round(ours / figures[figure], 3) if ours and figures.get(figure) else None
         for kind, figures in baselines.items()
     }
