@@ -207,6 +207,9 @@ class Webhooks:
         self._waiting[key] = arrival
         return arrival
 
+    def forget(self, key: str) -> None:
+        self._waiting.pop(key, None)
+
     async def _receive(self, request: web.Request) -> web.Response:
         json.loads(await request.read())
         arrival = self._waiting.pop(request.query.get("key", ""), None)
@@ -297,7 +300,10 @@ async def floor_job(args: argparse.Namespace) -> None:
         submitted = json.loads(
             ok(await http("POST", submit_url, body=body, headers=json_auth), "submit")
         )
-        await asyncio.wait_for(arrival, 60.0)
+        try:
+            await asyncio.wait_for(arrival, 60.0)
+        finally:
+            webhooks.forget(key)
         result = json.loads(
             ok(await http("GET", submitted["response_url"], headers=auth), "result")
         )

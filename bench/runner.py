@@ -140,8 +140,8 @@ async def _run_unit(bench: Bench, unit: str, scenarios: dict[str, Any]) -> None:
                 functools.partial(run_baseline, bench, BaselineRun(kind))
             )
         ours = scenarios.get("throughput", {})
-        figures["genrelay_cpu_multiple"] = cpu_multiple(ours, figures)
-        figures["genrelay_ratio"] = compare(ours, figures)
+        ratio, multiple = compare(ours, figures), cpu_multiple(ours, figures)
+        figures["genrelay_ratio"], figures["genrelay_cpu_multiple"] = ratio, multiple
         scenarios["baselines"] = figures
         return
     if unit == "realistic":

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Literal, Self
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -458,10 +458,14 @@ def _where(response: httpx.Response) -> str:
 def _with_query(url: str, **params: str | None) -> str:
     """`url` with `params` added to its query (None values left out), percent-encoded here:
     httpx's own merge of `params` parses the URL again, 45 µs a call."""
-    query = urlencode({k: v for k, v in params.items() if v is not None}, quote_via=quote)
-    if not query:
+    added = urlencode({k: v for k, v in params.items() if v is not None}, quote_via=quote)
+    if not added:
         return url
-    return f"{url}{'&' if '?' in url else '?'}{query}"
+    try:
+        scheme, netloc, path, query, fragment = urlsplit(url)
+    except ValueError as exc:  # refused before anything is sent, as httpx.InvalidURL is
+        raise InvalidEndpoint(f"malformed URL: {exc}") from exc
+    return urlunsplit((scheme, netloc, path, f"{query}&{added}" if query else added, fragment))
 
 
 def _without_query(url: httpx.URL) -> httpx.URL:

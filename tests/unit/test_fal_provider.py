@@ -303,7 +303,7 @@ async def test_status_asks_for_logs_only_when_told_and_keeps_the_urls_own_query(
     provider = provider_for(queue)
     await provider.status(SUBMISSION)
     await provider.status(SUBMISSION, with_logs=True)
-    await provider.status(replace(SUBMISSION, status_url=SUBMISSION.status_url + "?region=eu"))
+    await provider.status(replace(SUBMISSION, status_url=SUBMISSION.status_url + "?region=eu#x"))
     assert [dict(request.url.params) for request in queue.requests] == [
         {"logs": "0"},
         {"logs": "1"},
