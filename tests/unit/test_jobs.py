@@ -569,15 +569,20 @@ def foreign_hook(w: World, key: str) -> lc.News:
     return replace(ours, request_id="req-evil", job=evil)
 
 
+async def asked_while_fal_is_down(w: World, key: str) -> list[str]:
+    """`key` paid but unknown; its webhook (unconfirmed) is asked about while fal cannot answer
+    (asked again after the back-off). What has released its offset so far: "ours"."""
+    await paid_but_unknown(w, key)
+    w.provider.status_answers.append(raising(ProviderError("fal is down")))
+    done: list[str] = []
+    w.jobs.deliver(key, 0, hook(w, key, None, confirmed=False), on_done=lambda: done.append("ours"))
+    return done
+
+
 async def test_another_webhooks_answer_does_not_release_one_still_asked_about() -> None:
     async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
-        await paid_but_unknown(w, "k")
-        # fal cannot be asked about ours now (asked again in 30 s); the other is not ours.
-        w.provider.status_answers.append(raising(ProviderError("fal is down")))
-        done: list[str] = []
-        w.jobs.deliver(
-            "k", 0, hook(w, "k", None, confirmed=False), on_done=lambda: done.append("ours")
-        )
+        done = await asked_while_fal_is_down(w, "k")
+        # The other webhook is not ours: answered at once, while ours waits for its re-ask.
         w.jobs.deliver("k", 0, foreign_hook(w, "k"), on_done=lambda: done.append("foreign"))
         await eventually(lambda: done == ["foreign"], timeout=30)
         assert w.provider.statuses == ["req-0", "req-evil"]
@@ -586,12 +591,7 @@ async def test_another_webhooks_answer_does_not_release_one_still_asked_about() 
 
 async def test_a_cancel_while_a_webhook_is_asked_about_does_not_release_it() -> None:
     async with world(poll_grace=60, retry_base=30, retry_max=30) as w:
-        await paid_but_unknown(w, "k")
-        w.provider.status_answers.append(raising(ProviderError("fal is down")))
-        done: list[str] = []
-        w.jobs.deliver(
-            "k", 0, hook(w, "k", None, confirmed=False), on_done=lambda: done.append("k")
-        )
+        done = await asked_while_fal_is_down(w, "k")
         await eventually(lambda: w.provider.statuses == ["req-0"], timeout=30)
         w.jobs.deliver("k", 0, lc.CancelCommand())
         # The cancel is committed (the key may still adopt its request: fal may have run it)...
